@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
+# Both create the project-local virtual environment .venv and install what is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+# Read MNIST from ../shared/data when it exists (never copied into the repo).
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/mnist),)
+export ODE_ROBUSTNESS_DATA ?= $(SHARED_DATA)
+endif
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q --no-deps auto_LiRPA==0.3 torchattacks==3.5.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m models eval ode
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,47 @@
+"""Models: Neural ODE nets, matched ResNets, LeNet-5, data and the model zoo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Classifier as Classifier
+from .base import ModelInputError as ModelInputError
+from .fields import ChenField as ChenField
+from .fields import FIELDS as FIELDS
+from .fields import VerifiableField as VerifiableField
+from .lenet import MLP as MLP
+from .lenet import LeNet5 as LeNet5
+from .odenet import ODEBlock as ODEBlock
+from .odenet import ODENet as ODENet
+from .odenet import SolverStepLimitError as SolverStepLimitError
+from .resnet import ResNet as ResNet
+from .solver import ADAPTIVE_METHODS as ADAPTIVE_METHODS
+from .solver import FIXED_METHODS as FIXED_METHODS
+from .solver import SolverConfig as SolverConfig
+from .solver import SolverConfigError as SolverConfigError
+
+#: CLI / checkpoint name -> model class.
+MODELS: dict[str, type[Classifier]] = {"ode": ODENet, "resnet": ResNet, "lenet5": LeNet5, "mlp": MLP}
+
+
+class UnknownArchitectureError(ValueError):
+    """An architecture name that is not in :data:`MODELS`."""
+
+
+def build_model(arch: str, **config: Any) -> Classifier:
+    """Instantiate ``MODELS[arch](**config)``.
+
+    Raises:
+        UnknownArchitectureError: ``arch`` is not a known architecture.
+    """
+    if arch not in MODELS:
+        raise UnknownArchitectureError(f"unknown architecture {arch!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[arch](**config)
+
+
+__all__ = [
+    "ADAPTIVE_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier",
+    "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
+    "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",
+    "build_model",
+]

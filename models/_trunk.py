@@ -1,0 +1,54 @@
+"""Stem and head shared by :class:`~models.odenet.ODENet` and :class:`~models.resnet.ResNet`.
+
+The stem downsamples 28x28 to 7x7 with two stride-2 convolutions (Chen et al.'s
+downsampling layers); the chen variant adds the 3x3 input convolution and GroupNorm as
+in their code. The head is ReLU, average pooling, flatten and a linear layer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import feature_size
+
+
+def make_stem(in_channels: int, channels: int, norm: bool) -> nn.Sequential:
+    """Downsampling stem: (N, in_channels, S, S) -> (N, channels, S/4, S/4)."""
+    if not norm:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+        )
+    groups = min(32, channels)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, stride=1, padding=1),
+        nn.GroupNorm(groups, channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+        nn.GroupNorm(groups, channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+    )
+
+
+def trunk_feature_size(input_size: int) -> int:
+    """Spatial size of the state after the stem."""
+    return feature_size(input_size, 2)
+
+
+def make_head(channels: int, size: int, pool: int, num_classes: int, norm: bool) -> nn.Sequential:
+    """[GroupNorm] -> ReLU -> AvgPool(pool) -> Flatten -> Linear.
+
+    Raises:
+        ValueError: ``pool`` does not divide the feature-map size.
+    """
+    if pool < 1 or size % pool:
+        raise ValueError(f"head_pool={pool} must divide the {size}x{size} feature map")
+    layers: list[nn.Module] = [nn.GroupNorm(min(32, channels), channels)] if norm else []
+    layers += [nn.ReLU()]
+    if pool > 1:
+        layers.append(nn.AvgPool2d(pool))
+    layers += [nn.Flatten(), nn.Linear(channels * (size // pool) ** 2, num_classes)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,57 @@
+"""Command-line conventions shared by ``python -m models`` and ``python -m verify``.
+
+Bad input prints exactly one line on stderr and exits with status 2; argparse's own
+usage errors follow the same rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+#: Exceptions that mean "the user asked for something invalid" (exit status 2).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, TypeError)
+
+
+class CLIUsageError(Exception):
+    """Raised instead of argparse's print-usage-and-exit, carrying the one-line message."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are a single line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIUsageError(f"{self.prog}: {message}")
+
+
+def run_main(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and call the chosen subcommand's ``func(args) -> int``.
+
+    Args:
+        build: returns the parser; each subparser sets ``func`` via ``set_defaults``.
+        argv: arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        the exit status: the subcommand's, or 2 for bad input.
+    """
+    parser = build()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            raise CLIUsageError(f"{parser.prog}: choose a command ({parser.format_usage().strip()})")
+        return int(args.func(args) or 0)
+    except CLIUsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, KeyError):
+            msg = msg.strip("'\"")
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """Subcommand group whose parsers also report errors on one line."""
+    return parser.add_subparsers(dest="command", parser_class=OneLineArgumentParser)

@@ -1,0 +1,138 @@
+"""Vector fields f(t, h) for ODE blocks and residual blocks.
+
+Two families:
+
+* :class:`VerifiableField` — conv–ReLU–conv, optional time channel, no normalisation, so
+  bound propagation (auto_LiRPA) and Lipschitz bounds handle it exactly.
+* :class:`ChenField` — GroupNorm–ReLU–ConcatConv twice and a final GroupNorm, the
+  vector field of Chen et al. and of Carrara et al.'s code, for faithful reproductions.
+
+Both count their evaluations in ``nfe`` (reset by the ODE block before each solve).
+
+References:
+    Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ConcatConv2d(nn.Module):
+    """3x3 convolution of ``[t·1, h]``: the time enters as a constant extra input plane.
+
+    Args:
+        in_channels: channels of h.
+        out_channels: output channels.
+        time_channel: prepend the time plane (else a plain convolution of h).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, time_channel: bool = True) -> None:
+        super().__init__()
+        self.time_channel = time_channel
+        self.conv = nn.Conv2d(in_channels + int(time_channel), out_channels, 3, stride=1, padding=1)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Convolve; ``t`` is a scalar tensor, ``h`` has shape (N, C, H, W)."""
+        if self.time_channel:
+            h = torch.cat([torch.ones_like(h[:, :1]) * t, h], dim=1)
+        return self.conv(h)
+
+
+class VectorField(nn.Module):
+    """Base class: ``forward(t, h)`` returns dh/dt and increments ``nfe``."""
+
+    kind: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """dh/dt at time ``t`` (scalar tensor) for state ``h`` (N, C, H, W)."""
+        self.nfe += 1
+        return self._f(t, h)
+
+    def _f(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        raise NotImplementedError
+
+
+class VerifiableField(VectorField):
+    """f(t, h) = conv2(relu(conv1(h))), 3x3 convolutions, optional time channel.
+
+    Args:
+        channels: state channels C.
+        hidden: hidden channels (default C).
+        time_channel: feed t as an extra input plane to both convolutions.
+    """
+
+    kind = "verifiable"
+
+    def __init__(self, channels: int, hidden: int | None = None, time_channel: bool = False) -> None:
+        super().__init__()
+        self.channels = channels
+        self.hidden = hidden or channels
+        self.time_channel = time_channel
+        self.conv1 = ConcatConv2d(channels, self.hidden, time_channel)
+        self.act = nn.ReLU()
+        self.conv2 = ConcatConv2d(self.hidden, channels, time_channel)
+
+    def _f(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.conv2(t, self.act(self.conv1(t, h)))
+
+    def config(self) -> dict[str, Any]:
+        return {"channels": self.channels, "hidden": self.hidden, "time_channel": self.time_channel}
+
+
+class ChenField(VectorField):
+    """GroupNorm–ReLU–ConcatConv, twice, then GroupNorm (Chen et al.'s ``ODEfunc``).
+
+    Args:
+        channels: state channels C.
+        groups: GroupNorm groups (default min(32, C)).
+    """
+
+    kind = "chen"
+
+    def __init__(self, channels: int, groups: int | None = None) -> None:
+        super().__init__()
+        self.channels = channels
+        self.groups = groups or min(32, channels)
+        if channels % self.groups:
+            raise ValueError(f"GroupNorm groups {self.groups} must divide channels {channels}")
+        self.norm1 = nn.GroupNorm(self.groups, channels)
+        self.conv1 = ConcatConv2d(channels, channels, True)
+        self.norm2 = nn.GroupNorm(self.groups, channels)
+        self.conv2 = ConcatConv2d(channels, channels, True)
+        self.norm3 = nn.GroupNorm(self.groups, channels)
+        self.act = nn.ReLU()
+
+    def _f(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(t, self.act(self.norm1(h)))
+        out = self.conv2(t, self.act(self.norm2(out)))
+        return self.norm3(out)
+
+    def config(self) -> dict[str, Any]:
+        return {"channels": self.channels, "groups": self.groups}
+
+
+#: CLI name -> vector-field class.
+FIELDS: dict[str, type[VectorField]] = {"verifiable": VerifiableField, "chen": ChenField}
+
+
+def make_field(kind: str, channels: int, **kwargs: Any) -> VectorField:
+    """Build a vector field by name.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind not in FIELDS:
+        raise ValueError(f"unknown vector field {kind!r}; choose one of {', '.join(FIELDS)}")
+    return FIELDS[kind](channels, **kwargs)

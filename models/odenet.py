@@ -1,0 +1,193 @@
+"""Neural ODE classifier: downsampling stem -> ODE block -> pooling head.
+
+References:
+    Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
+    Carrara et al., "On the robustness to adversarial examples of neural ODE image
+    classifiers", WIFS 2019.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+
+from ._trunk import make_head, make_stem, trunk_feature_size
+from .base import Classifier
+from .fields import VectorField, make_field
+from .solver import SolverConfig
+
+
+class SolverStepLimitError(RuntimeError):
+    """An adaptive solver needed more than ``SolverConfig.max_steps`` steps."""
+
+
+class ODEBlock(nn.Module):
+    """Integrates dh/dt = field(t, h) on [0, T] with torchdiffeq.
+
+    The solver is a plain attribute: assign a new :class:`SolverConfig` to change
+    tolerance, method or end time at evaluation time.
+
+    Attributes:
+        nfe: function evaluations of the last forward (and its backward, if adjoint).
+        accepted_steps: list of (t0, dt) of the last adaptive solve when
+            ``record_steps`` is True (fixed grids: the grid steps).
+
+    Args:
+        field: the vector field f(t, h).
+        solver: how to integrate.
+    """
+
+    def __init__(self, field: VectorField, solver: SolverConfig) -> None:
+        super().__init__()
+        self.field = field
+        self.solver = solver
+        self.nfe = 0
+        self.record_steps = False
+        self.accepted_steps: list[tuple[float, float]] = []
+
+    def _grid(self, t0: float, t1: float, like: torch.Tensor) -> torch.Tensor:
+        n = self.solver.n_steps
+        return torch.linspace(t0, t1, n + 1, dtype=like.dtype, device=like.device)
+
+    def _solve(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = self.solver
+        options: dict[str, Any] = {}
+        if s.is_fixed:
+            # An explicit grid avoids torchdiffeq's float round-off adding a zero-length step.
+            n = s.n_steps
+            options["grid_constructor"] = lambda func, y0, tt: torch.linspace(
+                float(tt[0]), float(tt[-1]), n + 1, dtype=tt.dtype, device=tt.device
+            )
+        elif s.max_steps is not None:
+            options["max_num_steps"] = s.max_steps
+        self.field.nfe = 0
+        self.accepted_steps = []
+        func: nn.Module = self.field
+        if self.record_steps and not s.is_fixed:
+            func = _StepRecorder(self.field, self.accepted_steps)
+        solve = odeint_adjoint if s.adjoint else odeint
+        try:
+            out = solve(func, h, t, rtol=s.rtol, atol=s.atol, method=s.method, options=options)
+        except AssertionError as err:
+            if "max_num_steps" in str(err):
+                raise SolverStepLimitError(
+                    f"{s.method} needed more than max_steps={s.max_steps} steps (rtol={s.rtol:g})"
+                ) from err
+            raise
+        self.nfe = self.field.nfe
+        if s.is_fixed and self.record_steps:
+            dt = s.T / s.n_steps
+            self.accepted_steps = [(k * dt, dt) for k in range(s.n_steps)]
+        return out
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """State at t = T, same shape as ``h``."""
+        t = torch.tensor([0.0, self.solver.T], dtype=h.dtype, device=h.device)
+        return self._solve(h, t)[-1]
+
+    def trajectory(self, h: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        """States at ``times`` (default: the fixed grid points, or 0 and T).
+
+        Args:
+            h: initial state (N, C, H, W).
+            times: increasing 1-D tensor starting at 0.
+
+        Returns:
+            tensor of shape (len(times), N, C, H, W).
+        """
+        if times is None:
+            if self.solver.is_fixed:
+                times = self._grid(0.0, self.solver.T, h)
+            else:
+                times = torch.tensor([0.0, self.solver.T], dtype=h.dtype, device=h.device)
+        return self._solve(h, times.to(h))
+
+
+class _StepRecorder(nn.Module):
+    """Wraps a field for one solve; torchdiffeq calls ``callback_accept_step`` after
+    every accepted adaptive step, which appends (t0, dt) to ``steps``."""
+
+    def __init__(self, field: VectorField, steps: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.field = field
+        self.steps = steps
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.field(t, h)
+
+    def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        self.steps.append((float(t0.detach()), float(dt.detach())))
+
+
+class ODENet(Classifier):
+    """Stem -> :class:`ODEBlock` -> head, logits out.
+
+    Args:
+        channels: state channels of the ODE block.
+        field: vector field kind, ``"verifiable"`` or ``"chen"``.
+        solver: solver config (dict form accepted, as stored in checkpoints).
+        time_channel: time plane in the verifiable field (the chen field always has one).
+        head_pool: average-pool kernel of the head (1 keeps the 7x7 map, 7 pools globally).
+        in_channels, input_size, num_classes: see :class:`~models.base.Classifier`.
+    """
+
+    arch = "ode"
+
+    def __init__(
+        self,
+        channels: int = 16,
+        field: str = "verifiable",
+        solver: SolverConfig | dict[str, Any] | None = None,
+        time_channel: bool = False,
+        head_pool: int = 1,
+        in_channels: int = 1,
+        input_size: int = 28,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__(in_channels, input_size, num_classes)
+        if isinstance(solver, dict):
+            solver = SolverConfig.from_dict(solver)
+        solver = solver or SolverConfig.fixed("rk4", 4)
+        self.channels = channels
+        self.field_kind = field
+        self.time_channel = time_channel
+        self.head_pool = head_pool
+        norm = field == "chen"
+        field_kwargs = {} if norm else {"time_channel": time_channel}
+        self.stem = make_stem(in_channels, channels, norm)
+        self.block = ODEBlock(make_field(field, channels, **field_kwargs), solver)
+        self.head = make_head(channels, trunk_feature_size(input_size), head_pool, num_classes, norm)
+
+    @property
+    def solver(self) -> SolverConfig:
+        """The ODE block's solver config (assignable)."""
+        return self.block.solver
+
+    @solver.setter
+    def solver(self, value: SolverConfig) -> None:
+        if not isinstance(value, SolverConfig):
+            raise TypeError(f"solver must be a SolverConfig, got {type(value).__name__}")
+        self.block.solver = value
+
+    @property
+    def nfe(self) -> int:
+        """Function evaluations of the last forward."""
+        return self.block.nfe
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "channels": self.channels,
+            "field": self.field_kind,
+            "solver": self.solver.to_dict(),
+            "time_channel": self.time_channel,
+            "head_pool": self.head_pool,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "num_classes": self.num_classes,
+        }

@@ -1,0 +1,284 @@
+"""Training loop, evaluation and checkpoints.
+
+A checkpoint is two files: ``<stem>.pt`` (a plain ``state_dict``, loadable with
+``torch.load(weights_only=True)``) and ``<stem>.json`` (architecture, constructor config,
+solver, data protocol, recipe, measured held-out accuracy and NFE, git commit).
+
+Training is resumable: after every epoch the model, optimiser and scheduler state go to
+``<stem>.resume.pt``; every epoch draws its randomness from ``(seed, epoch)``, so a
+resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import build_model
+from .base import Classifier
+
+#: ``adversary(model, x, y) -> x_adv``: the adversarial-training hook (model in eval mode).
+Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or inconsistent with its metadata."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Training hyper-parameters (stored in checkpoint metadata).
+
+    Args:
+        epochs: passes over the training set.
+        batch_size: examples per step.
+        lr: peak learning rate (Adam).
+        weight_decay: decoupled weight decay (AdamW).
+        schedule: "cosine" (one-cycle cosine with 1-epoch warm-up) or "constant".
+        shift: random translation augmentation, in pixels (0 disables).
+        seed: seed of initialisation, shuffling and augmentation.
+        adv: adversarial training attack name ("pgd", "fgsm") or None.
+        adv_eps: L∞ budget of adversarial training.
+        adv_steps: PGD steps of adversarial training.
+        adv_warmup: epochs of clean training before adversarial examples are used.
+        T_range: if set, each batch integrates an ODE-net to T ~ U[T_range] (seed 000's
+            "10-100" recipe); None keeps the model's solver T.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    shift: int = 2
+    seed: int = 0
+    adv: str | None = None
+    adv_eps: float = 0.3
+    adv_steps: int = 10
+    adv_warmup: int = 0
+    T_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        if self.adv is not None and self.adv not in ("pgd", "fgsm"):
+            raise ValueError(f"unknown adversarial training attack {self.adv!r}; choose pgd or fgsm")
+        if self.adv_eps < 0:
+            raise ValueError(f"adv_eps must be >= 0, got {self.adv_eps}")
+        if self.T_range is not None and not (0 < self.T_range[0] <= self.T_range[1]):
+            raise ValueError(f"T_range must satisfy 0 < lo <= hi, got {self.T_range}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training run measured."""
+
+    epoch_loss: tuple[float, ...]
+    seconds: float
+
+
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by an integer offset in [-max_shift, max_shift]², zero fill."""
+    if max_shift == 0:
+        return x
+    n, _, hgt, wid = x.shape
+    pad = F.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(hgt))[:, :, None].expand(n, hgt, wid)
+    cols = (dx[:, None] + torch.arange(wid))[:, None, :].expand(n, hgt, wid)
+    idx = torch.arange(n)[:, None, None]
+    return pad[idx, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    if recipe.schedule == "constant":
+        return 1.0
+    warm = steps_per_epoch
+    total = recipe.epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def train(
+    model: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: Recipe,
+    adversary: Adversary | None = None,
+    resume_path: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on (x, y) with Adam(W) and cross-entropy.
+
+    Args:
+        model: the classifier (its device decides where training runs).
+        x: images (N, C, H, W) in [0, 1].
+        y: labels (N,).
+        recipe: hyper-parameters.
+        adversary: optional ``adversary(model, x, y) -> x_adv`` used instead of clean
+            batches after ``recipe.adv_warmup`` epochs (adversarial training).
+        resume_path: where to keep the per-epoch resumable state (None: no resume).
+        progress: show a tqdm bar.
+
+    Returns:
+        per-epoch mean loss and wall time.
+
+    Raises:
+        ValueError: mismatched x / y.
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+    device = next(model.parameters()).device
+    torch.manual_seed(recipe.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(x.shape[0] / recipe.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(recipe, s, steps_per_epoch))
+    losses: list[float] = []
+    start_epoch = 0
+    if resume_path is not None and resume_path.exists():
+        state = torch.load(resume_path, weights_only=True, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        losses = [float(v) for v in state["losses"]]
+        start_epoch = int(state["epoch"])
+    base_solver = getattr(model, "solver", None)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, recipe.epochs):
+        gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        order = torch.randperm(x.shape[0], generator=gen)
+        total, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                   disable=not progress, leave=False)
+        for i in bar:
+            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            xb = random_shift(x[idx], recipe.shift, gen).to(device)
+            yb = y[idx].to(device)
+            if recipe.T_range is not None and base_solver is not None:
+                lo, hi = recipe.T_range
+                T = lo + (hi - lo) * float(torch.rand((), generator=gen))
+                model.solver = base_solver.replace(T=T, step_size=None if base_solver.step_size is None
+                                                   else T / base_solver.n_steps)
+            if adversary is not None and epoch >= recipe.adv_warmup:
+                model.eval()
+                xb = adversary(model, xb, yb).detach()
+            model.train()
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        losses.append(total / count)
+        if base_solver is not None:
+            model.solver = base_solver
+        if resume_path is not None:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "losses": torch.tensor(losses), "epoch": epoch + 1}, resume_path)
+    model.eval()
+    return TrainResult(tuple(losses), time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Accuracy and mean NFE per forward (0 for models without an ODE block).
+
+    Args:
+        model: classifier (switched to eval mode).
+        x: images (N, C, H, W).
+        y: labels (N,).
+        batch_size: evaluation batch size.
+
+    Returns:
+        (accuracy in [0, 1], mean NFE over batches).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    correct, nfes = 0, []
+    for i in range(0, x.shape[0], batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
+        nfes.append(getattr(model, "nfe", 0))
+    return correct / x.shape[0], sum(nfes) / len(nfes)
+
+
+def git_commit() -> str | None:
+    """Current commit of the source tree, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _stem(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".pt", ".json") else p
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Classifier, metadata: dict[str, Any]) -> Path:
+    """Write ``<stem>.pt`` (state_dict) and ``<stem>.json`` (metadata + arch + config).
+
+    Returns:
+        the ``.pt`` path.
+    """
+    stem = _stem(path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"arch": model.arch, "config": model.config(), **metadata}
+    tmp = stem.with_suffix(".pt.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, stem.with_suffix(".pt"))
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return stem.with_suffix(".pt")
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a model from ``<stem>.pt`` + ``<stem>.json``, in eval mode.
+
+    Raises:
+        CheckpointError: missing files, unreadable or corrupt weights, metadata that does
+            not describe the weights.
+    """
+    stem = _stem(path)
+    pt, js = stem.with_suffix(".pt"), stem.with_suffix(".json")
+    for f in (pt, js):
+        if not f.exists():
+            raise CheckpointError(f"checkpoint file not found: {f}")
+    try:
+        meta = json.loads(js.read_text())
+        arch, config = meta["arch"], meta["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"corrupt checkpoint metadata {js}: {err}") from err
+    try:
+        state = torch.load(pt, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises many types (pickle, zip, runtime) on corrupt files
+        raise CheckpointError(f"corrupt checkpoint weights {pt}: {str(err).splitlines()[0]}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"corrupt checkpoint weights {pt}: not a state_dict")
+    model = build_model(arch, **config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {pt} does not match its metadata: {str(err).splitlines()[0]}") from err
+    return model.to(device).eval(), meta

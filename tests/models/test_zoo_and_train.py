@@ -1,0 +1,173 @@
+"""Zoo checkpoints, training, checkpoints and the ``python -m models`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import MLP, ODENet, SolverConfig
+from models.cli import main
+from models.train import CheckpointError, Recipe, load_checkpoint, save_checkpoint, train
+from models.zoo import PRESETS, ZOO_DIR, UnknownModelError, available, load_with_metadata, resolve
+
+
+def _have_data() -> bool:
+    root = os.environ.get("ODE_ROBUSTNESS_DATA")
+    return bool(root) and (Path(root) / "mnist").exists()
+
+
+needs_data = pytest.mark.skipif(not _have_data(), reason="MNIST not found (set ODE_ROBUSTNESS_DATA)")
+
+
+@pytest.mark.parametrize("name", ["ode", "ode-chen", "resnet", "lenet5", "ode-adv", "lenet5-adv"])
+def test_zoo_checkpoint_is_small_and_loads_weights_only(name: str) -> None:
+    pt = ZOO_DIR / f"{name}.pt"
+    if not pt.exists():
+        pytest.skip(f"zoo model {name} not trained in this checkout")
+    assert pt.stat().st_size < 2 * 1024 * 1024
+    state = torch.load(pt, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    model, meta = load_with_metadata(name)
+    assert not model.training
+    assert meta["dataset"] == "mnist-t10k" and meta["preset"] == name
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["ode", "ode-chen", "resnet", "lenet5", "ode-adv", "lenet5-adv"])
+def test_zoo_model_reaches_stated_accuracy_on_500_held_out(name: str) -> None:
+    from models.data import load_dataset
+    from models.train import accuracy
+
+    if name not in available():
+        pytest.skip(f"zoo model {name} not trained in this checkout")
+    model, meta = load_with_metadata(name)
+    x, y = load_dataset("mnist-t10k", "test", n=500)
+    acc, nfe = accuracy(model, x, y)
+    # Same images, same weights: only float non-determinism (at most one flipped image).
+    assert abs(acc - meta["held_out_accuracy_500"]) <= 1 / 500 + 1e-9
+    if name in ("ode", "resnet", "lenet5"):
+        assert meta["held_out_accuracy"] >= 0.98
+    if isinstance(model, ODENet):
+        assert nfe > 0
+
+
+def test_required_zoo_models_are_present() -> None:
+    assert {"ode", "ode-chen", "resnet", "lenet5"} <= set(available())
+
+
+def test_unknown_model_names() -> None:
+    with pytest.raises(UnknownModelError, match="unknown zoo model"):
+        load_with_metadata("nope")
+    with pytest.raises(UnknownModelError, match="not a zoo name"):
+        resolve("nope")
+    with pytest.raises(UnknownModelError, match="no checkpoint"):
+        resolve("/nonexistent/model.pt")
+
+
+def _toy_data(n: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    # Class-dependent bright square: learnable in a few epochs.
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.3
+    for k in range(10):
+        r, c = divmod(k, 4)
+        x[y == k, :, 2 + 6 * r:6 + 6 * r, 2 + 6 * c:6 + 6 * c] += 0.7
+    return x.clamp(0, 1), y
+
+
+def test_short_training_run_lowers_the_loss() -> None:
+    x, y = _toy_data()
+    torch.manual_seed(0)
+    model = MLP(hidden=(32,))
+    result = train(model, x, y, Recipe(epochs=3, batch_size=64, lr=3e-3, shift=0), progress=False)
+    assert result.epoch_loss[-1] < 0.5 * result.epoch_loss[0]
+    assert not model.training
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
+    x, y = _toy_data(256)
+    recipe = Recipe(epochs=3, batch_size=64, lr=3e-3, shift=1, seed=3)
+
+    def identity(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return xb
+
+    torch.manual_seed(1)
+    full = MLP(hidden=(16,))
+    train(full, x, y, recipe, adversary=identity, progress=False)
+
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 6:  # 4 batches per epoch: dies in the middle of epoch 2
+            raise _Interrupt
+        return xb
+
+    resume = tmp_path / "m.resume.pt"
+    torch.manual_seed(1)
+    interrupted = MLP(hidden=(16,))
+    with pytest.raises(_Interrupt):
+        train(interrupted, x, y, recipe, adversary=dies_in_epoch_two, resume_path=resume, progress=False)
+    assert resume.exists()
+    torch.manual_seed(99)  # a fresh process would not share the RNG state
+    resumed = MLP(hidden=(16,))
+    res = train(resumed, x, y, recipe, adversary=identity, resume_path=resume, progress=False)
+    assert len(res.epoch_loss) == 3
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path: Path) -> None:
+    model = ODENet(channels=4, solver=SolverConfig.fixed("euler", 2))
+    path = save_checkpoint(tmp_path / "m", model, {"note": "x"})
+    loaded, meta = load_checkpoint(path)
+    assert meta["note"] == "x" and meta["arch"] == "ode"
+    assert loaded.solver == model.solver
+    xb = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(xb), model.eval()(xb))
+
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint weights"):
+        load_checkpoint(path)
+    save_checkpoint(tmp_path / "m", model, {})
+    (tmp_path / "m.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint metadata"):
+        load_checkpoint(path)
+    meta_ok = json.loads(json.dumps({"arch": "ode", "config": {**model.config(), "channels": 8}}))
+    (tmp_path / "m.json").write_text(json.dumps(meta_ok))
+    with pytest.raises(CheckpointError, match="does not match its metadata"):
+        load_checkpoint(path)
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str], match: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert match in err
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line_exit_2(["train", "--arch", "transformer", "--out", str(tmp_path / "x")], capsys, "invalid choice")
+    _one_line_exit_2(["train", "--preset", "nope"], capsys, "unknown preset")
+    _one_line_exit_2(["eval", "ode", "--solver", "rk45"], capsys, "invalid choice")
+    _one_line_exit_2(["eval", "nope"], capsys, "unknown model")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    (tmp_path / "bad.json").write_text(json.dumps({"arch": "mlp", "config": {}}))
+    _one_line_exit_2(["eval", str(bad)], capsys, "corrupt checkpoint weights")
+    _one_line_exit_2(["frobnicate"], capsys, "invalid choice")
+
+
+def test_presets_are_consistent() -> None:
+    for name, p in PRESETS.items():
+        assert p.name == name
+        if p.arch == "ode":
+            SolverConfig.from_dict(p.config["solver"])

@@ -1,0 +1,32 @@
+"""``python -m verify``: attack, bound, certify, compare, merge, plot, study.
+
+Each subcommand lives in its own ``_cmd_*.py`` module exposing ``register(subparsers)``,
+which adds a parser and sets ``func(args) -> int``; :data:`COMMANDS` lists them
+explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from models.cli_support import OneLineArgumentParser, run_main, subparsers
+
+#: subcommand modules, in the order ``--help`` shows them.
+COMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``verify`` argument parser."""
+    import importlib
+
+    parser = OneLineArgumentParser(prog="python -m verify", description=__doc__.splitlines()[0])
+    sub = subparsers(parser)
+    for name in COMMANDS:
+        importlib.import_module(f"verify.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 on bad input)."""
+    return run_main(build_parser, argv)
