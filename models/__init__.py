@@ -6,6 +6,12 @@ from typing import Any
 
 from .base import Classifier as Classifier
 from .base import ModelInputError as ModelInputError
+from .data import DATASETS as DATASETS
+from .data import DataError as DataError
+from .data import data_root as data_root
+from .data import load_dataset as load_dataset
+from .download import DownloadError as DownloadError
+from .download import download_dataset as download_dataset
 from .fields import ChenField as ChenField
 from .fields import FIELDS as FIELDS
 from .fields import VerifiableField as VerifiableField
@@ -40,6 +46,7 @@ def build_model(arch: str, **config: Any) -> Classifier:
 
 
 __all__ = [
+    "DATASETS", "DataError", "DownloadError", "data_root", "download_dataset", "load_dataset",
     "ADAPTIVE_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier",
     "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
     "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",

@@ -31,7 +31,8 @@ class ODEBlock(nn.Module):
     tolerance, method or end time at evaluation time.
 
     Attributes:
-        nfe: function evaluations of the last forward (and its backward, if adjoint).
+        nfe: function evaluations of the last forward solve (the adjoint backward pass is
+            not included; ``field.nfe`` keeps counting through it).
         accepted_steps: list of (t0, dt) of the last adaptive solve when
             ``record_steps`` is True (fixed grids: the grid steps).
 

@@ -22,6 +22,8 @@ FIXED_METHODS: tuple[str, ...] = ("euler", "midpoint", "heun2", "heun3", "rk4")
 #: torchdiffeq's embedded adaptive-step methods.
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8")
 METHODS: tuple[str, ...] = FIXED_METHODS + ADAPTIVE_METHODS
+#: Largest fixed grid accepted (a tiny step size is almost always a mistake).
+MAX_FIXED_STEPS = 1_000_000
 
 
 class SolverConfigError(ValueError):
@@ -71,6 +73,10 @@ class SolverConfig:
                     "(or use SolverConfig.fixed(method, n_steps, T))"
                 )
             n = self.T / self.step_size
+            if n > MAX_FIXED_STEPS:
+                raise SolverConfigError(
+                    f"T / step_size = {n:g} steps exceeds the limit of {MAX_FIXED_STEPS} fixed-grid steps"
+                )
             if abs(n - round(n)) > 1e-6 * max(1.0, n) or round(n) < 1:
                 raise SolverConfigError(
                     f"T / step_size must be a whole number of steps, got {self.T}/{self.step_size}={n:g}"

@@ -83,7 +83,8 @@ def test_short_training_run_lowers_the_loss() -> None:
     x, y = _toy_data()
     torch.manual_seed(0)
     model = MLP(hidden=(32,))
-    result = train(model, x, y, Recipe(epochs=3, batch_size=64, lr=3e-3, shift=0), progress=False)
+    result = train(model, x, y, Recipe(epochs=4, batch_size=64, lr=1e-2, shift=0, schedule="constant"),
+                   progress=False)
     assert result.epoch_loss[-1] < 0.5 * result.epoch_loss[0]
     assert not model.training
 
