@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import feature_size
+from .fields import chen_groups
 
 
 def make_stem(in_channels: int, channels: int, norm: bool) -> nn.Sequential:
@@ -21,7 +22,7 @@ def make_stem(in_channels: int, channels: int, norm: bool) -> nn.Sequential:
             nn.Conv2d(channels, channels, 4, stride=2, padding=1),
             nn.ReLU(),
         )
-    groups = min(32, channels)
+    groups = chen_groups(channels)
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, 3, stride=1, padding=1),
         nn.GroupNorm(groups, channels),
@@ -46,7 +47,7 @@ def make_head(channels: int, size: int, pool: int, num_classes: int, norm: bool)
     """
     if pool < 1 or size % pool:
         raise ValueError(f"head_pool={pool} must divide the {size}x{size} feature map")
-    layers: list[nn.Module] = [nn.GroupNorm(min(32, channels), channels)] if norm else []
+    layers: list[nn.Module] = [nn.GroupNorm(chen_groups(channels), channels)] if norm else []
     layers += [nn.ReLU()]
     if pool > 1:
         layers.append(nn.AvgPool2d(pool))

@@ -162,11 +162,22 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from .zoo import PRESETS, available
+    from .zoo import PRESETS, available, load_with_metadata
 
     have = set(available())
+    if not args.markdown:
+        for name, p in PRESETS.items():
+            print(f"{name:12s} {'trained' if name in have else 'missing':8s} {p.description}")
+        return 0
+    print("| model | description | parameters | held-out accuracy | mean NFE | train time | retrain |")
+    print("|---|---|---|---|---|---|---|")
     for name, p in PRESETS.items():
-        print(f"{name:12s} {'trained' if name in have else 'missing':8s} {p.description}")
+        if name not in have:
+            continue
+        _, meta = load_with_metadata(name)
+        nfe = f"{meta['mean_nfe']:.1f}" if meta["mean_nfe"] else "–"
+        print(f"| `{name}` | {p.description} | {meta['parameters']:,} | {100 * meta['held_out_accuracy']:.2f} % "
+              f"| {nfe} | {meta['train_seconds']:.0f} s | `python -m models train --preset {name}` |")
     return 0
 
 
@@ -220,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_download)
 
     z = sub.add_parser("zoo", help="list zoo models")
+    z.add_argument("--markdown", action="store_true", help="print the README table from checkpoint metadata")
     z.set_defaults(func=cmd_zoo)
     return parser
 

@@ -91,12 +91,22 @@ class VerifiableField(VectorField):
         return {"channels": self.channels, "hidden": self.hidden, "time_channel": self.time_channel}
 
 
+def chen_groups(channels: int) -> int:
+    """GroupNorm groups for the chen models: two channels per group, at most 32 groups.
+
+    Chen et al. use GroupNorm(32, 64); keeping two channels per group at other widths
+    matters: with one channel per group, the head's norm -> ReLU -> global pooling maps
+    every channel to nearly the same value and the features carry no information.
+    """
+    return max(1, min(32, channels // 2))
+
+
 class ChenField(VectorField):
     """GroupNorm–ReLU–ConcatConv, twice, then GroupNorm (Chen et al.'s ``ODEfunc``).
 
     Args:
         channels: state channels C.
-        groups: GroupNorm groups (default min(32, C)).
+        groups: GroupNorm groups (default :func:`chen_groups`).
     """
 
     kind = "chen"
@@ -104,7 +114,7 @@ class ChenField(VectorField):
     def __init__(self, channels: int, groups: int | None = None) -> None:
         super().__init__()
         self.channels = channels
-        self.groups = groups or min(32, channels)
+        self.groups = groups or chen_groups(channels)
         if channels % self.groups:
             raise ValueError(f"GroupNorm groups {self.groups} must divide channels {channels}")
         self.norm1 = nn.GroupNorm(self.groups, channels)

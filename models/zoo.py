@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {
         "ode-chen", "ode",
         {"channels": 32, "field": "chen", "head_pool": 7,
          "solver": SolverConfig.adaptive("dopri5", 1e-3).to_dict()},
-        Recipe(epochs=8, lr=3e-3, seed=0),
+        Recipe(epochs=6, lr=3e-3, seed=0),
         "ODE-net, Chen et al. GroupNorm field, 32 channels, dopri5 tol 1e-3, T=1"),
     "resnet": Preset(
         "resnet", "resnet", {"channels": 16, "n_blocks": 4, "step": 1.0, "tied": False, "field": "verifiable"},
@@ -65,7 +65,7 @@ PRESETS: dict[str, Preset] = {
         "LeNet-5 (ReLU, max-pool), the classical model of seed 000"),
     "ode-adv": Preset(
         "ode-adv", "ode", {"channels": 16, "field": "verifiable", "solver": _ODE_SOLVER},
-        Recipe(epochs=15, lr=3e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2),
+        Recipe(epochs=10, lr=3e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2),
         "`ode` architecture, PGD adversarial training (L∞ ε=0.3, 10 steps)"),
     "lenet5-adv": Preset(
         "lenet5-adv", "lenet5", {},
