@@ -1,0 +1,102 @@
+"""The certify run: JSONL per example, resume after an interruption, merge, plot, CLI errors."""
+
+import json
+
+import pytest
+import torch
+
+from models import ODENet, SolverConfig
+from verify.cli import main
+from verify.run import RunConfigError, certify_run, merge_run, read_records
+
+
+class _Stop(Exception):
+    pass
+
+
+def _setup():
+    torch.manual_seed(0)
+    net = ODENet(channels=2, solver=SolverConfig.fixed("euler", 2), input_size=8).eval()
+    x = torch.rand(4, 1, 8, 8)
+    y = net(x).argmax(1)
+    y[3] = (y[3] + 1) % 10  # one misclassified example
+    return net, x, y
+
+
+CONFIG = {"model": "test", "norm": "inf", "methods": ["ibp", "crown"], "eps": [0.01]}
+
+
+def _strip(recs):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "max_rss_mb")} |
+            {"methods": {m: {"radius": d["radius"], "upper": d["upper"]} for m, d in r["methods"].items()}}
+            for r in sorted(recs, key=lambda r: r["index"])]
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    net, x, y = _setup()
+    kw = dict(methods=["ibp", "crown"], norm="inf", config=CONFIG, eps_list=[0.01], attack=False, progress=False)
+    full = certify_run(net, x, y, tmp_path / "full", **kw)
+    calls = []
+
+    def stop_after_two(rec):
+        calls.append(rec["index"])
+        if len(calls) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        certify_run(net, x, y, tmp_path / "cut", on_record=stop_after_two, **kw)
+    assert len(read_records(tmp_path / "cut" / "results.jsonl")) == 2
+    with pytest.raises(RunConfigError, match="--resume"):
+        certify_run(net, x, y, tmp_path / "cut", **kw)
+    with pytest.raises(RunConfigError, match="differs in norm"):
+        certify_run(net, x, y, tmp_path / "cut", resume=True, **(kw | {"config": CONFIG | {"norm": "2"}}))
+    resumed = certify_run(net, x, y, tmp_path / "cut", resume=True, **kw)
+    a = _strip(read_records(tmp_path / "full" / "results.jsonl"))
+    b = _strip(read_records(tmp_path / "cut" / "results.jsonl"))
+    assert [r["index"] for r in b] == [0, 1, 2, 3]
+    assert a == b
+    assert resumed["methods"]["crown"]["certified_accuracy"] == full["methods"]["crown"]["certified_accuracy"]
+    assert b[3]["methods"]["crown"]["radius"] == 0.0
+
+
+def test_shards_merge_to_the_full_run(tmp_path):
+    net, x, y = _setup()
+    kw = dict(methods=["ibp"], norm="inf", config=CONFIG, eps_list=[0.01], attack=False, progress=False)
+    certify_run(net, x, y, tmp_path / "s", shard=(1, 2), **kw)
+    with pytest.raises(RunConfigError, match="missing shards"):
+        merge_run(tmp_path / "s")
+    certify_run(net, x, y, tmp_path / "s", shard=(2, 2), resume=True, **kw)
+    merge_run(tmp_path / "s")
+    assert [r["index"] for r in read_records(tmp_path / "s" / "results.jsonl")] == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["n"] == 4
+
+
+def test_plot_draws_figures(tmp_path):
+    from verify.plots import plot_run
+
+    net, x, y = _setup()
+    certify_run(net, x[:2], y[:2], tmp_path, methods=["crown"], norm="inf", config=CONFIG, attack=False,
+                progress=False)
+    recs = read_records(tmp_path / "results.jsonl")
+    for r in recs:  # plotting needs an empirical radius; give one above the certified radius
+        r["empirical"] = r["methods"]["crown"]["radius"] * 2 + 0.01
+        r["growth"] = [1.0, 1.5]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    paths = plot_run(tmp_path)
+    assert {p.name for p in paths} == {"scatter.png", "cdf.png", "growth.png"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["certify", "--model", "ode", "--norm", "1"], "invalid choice"),
+    (["certify", "--model", "ode", "--method", "deepz"], "invalid choice"),
+    (["certify", "--model", "ode", "--eps", "-1"], "eps must be a positive number"),
+    (["certify", "--model", "ode", "--n", "0"], "--n must be >= 1"),
+    (["certify", "--model", "ode", "--shard", "3/2"], "1 <= k <= N"),
+    (["certify", "--model", "no-such-model"], "no-such-model"),
+    (["merge", "/nonexistent-run-dir"], "not a certification run directory"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err

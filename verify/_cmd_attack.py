@@ -1,0 +1,115 @@
+"""``python -m verify attack``: evaluate a model under one attack, with validity checks.
+
+Example::
+
+    python -m verify attack --model ode --attack pgd --norm inf --eps 0.3 --n 1000 --out pgd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _solver_spec(text: str) -> Any:
+    """``METHOD:N`` (fixed grid, N steps) or ``METHOD:TOL`` (adaptive) -> SolverConfig."""
+    from models.solver import FIXED_METHODS, SolverConfig
+
+    method, _, value = text.partition(":")
+    if not value:
+        raise argparse.ArgumentTypeError(f"solver spec {text!r} must look like rk4:4 or dopri5:1e-3")
+    try:
+        if method in FIXED_METHODS:
+            return SolverConfig.fixed(method, int(value))
+        return SolverConfig.adaptive(method, float(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad solver spec {text!r}: {str(err).splitlines()[0]}") from err
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``attack`` subcommand."""
+    from attacks import ATTACKS
+
+    p = sub.add_parser("attack", help="clean / robust accuracy under an attack (with validity checks)")
+    p.add_argument("--model", required=True, help="zoo name (ode, lenet5, ...) or checkpoint path")
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
+    p.add_argument("--norm", default="inf", choices=["inf", "2"], help="perturbation norm")
+    p.add_argument("--eps", type=float, default=None,
+                   help="ball radius (required for fgsm/fgm/pgd/di2fgsm; optional budget for cw/boundary)")
+    p.add_argument("--n", type=int, default=1000, help="held-out examples (mnist-t10k test split)")
+    p.add_argument("--steps", type=int, default=None, help="iterations (boundary: query budget)")
+    p.add_argument("--step-size", type=float, default=None, help="step size (pgd, di2fgsm)")
+    p.add_argument("--restarts", type=int, default=None, help="random restarts (pgd)")
+    p.add_argument("--eot", type=int, default=1, help="EOT samples per gradient (gradient attacks)")
+    p.add_argument("--attack-solver", type=_solver_spec, default=None,
+                   help="ODE solver while attacking, e.g. rk4:4 or dopri5:1e-3")
+    p.add_argument("--eval-solver", type=_solver_spec, default=None,
+                   help="ODE solver for scoring the adversarial inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--no-checks", action="store_true", help="skip the validity checks")
+    p.add_argument("--check-n", type=int, default=32, help="subsample size of the validity checks")
+    p.add_argument("--data-dir", default=None, help="data root (default: $ODE_ROBUSTNESS_DATA)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the attack, evaluate, print the summary and write the JSON report."""
+    from attacks import ATTACKS, EOT, AttackError, evaluate
+    from models.data import load_dataset
+    from models.zoo import resolve
+
+    cls = ATTACKS[args.attack]
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.eps is None and not cls.minimal:
+        raise ValueError(f"--eps is required for --attack {args.attack}")
+    if args.norm not in cls.supported_norms:
+        raise ValueError(f"--attack {args.attack} supports --norm {', '.join(cls.supported_norms)} only")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    kwargs: dict[str, Any] = {"seed": args.seed, "attack_solver": args.attack_solver,
+                              "eval_solver": args.eval_solver}
+    if args.steps is not None:
+        if cls.budget_arg is None:
+            raise ValueError(f"--steps does not apply to --attack {args.attack}")
+        kwargs[cls.budget_arg] = args.steps
+    for opt, key in ((args.step_size, "step_size"), (args.restarts, "restarts")):
+        if opt is not None:
+            if args.attack not in ("pgd", "di2fgsm") or (key == "restarts" and args.attack != "pgd"):
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack}")
+            kwargs[key] = opt
+    model, _ = resolve(args.model, device=args.device)
+    x, y = load_dataset("mnist-t10k", "test", data_dir=args.data_dir, n=args.n)
+    x, y = x.to(args.device), y.to(args.device)
+    eps = math.inf if args.eps is None else args.eps
+    attack = cls(model, eps, args.norm, **kwargs)
+    if args.eot > 1:
+        if not cls.supports_eot:
+            raise AttackError(f"--eot needs a gradient attack, not {args.attack}")
+        attack = EOT(attack, args.eot)
+    report = evaluate(model, x, y, attack, batch_size=args.batch_size, checks=not args.no_checks,
+                      check_n=args.check_n, seed=args.seed, progress=sys.stderr.isatty())
+    print(report.summary())
+    if args.out is not None:
+        record = {"model": args.model, **report.to_dict()}
+        if args.attack_solver is not None:
+            record["attack_solver"] = args.attack_solver.to_dict()
+        if args.eval_solver is not None:
+            record["eval_solver"] = args.eval_solver.to_dict()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+    return 0

@@ -1,0 +1,122 @@
+"""Every compatibility patch auto_LiRPA 0.3 needs on torch 2.13 / numpy 2, in one place.
+
+auto_LiRPA 0.3 (the only version on the package registry) was written for torch < 1.13
+and numpy 1. Each patch below restores one name or behaviour it relies on; each is
+idempotent, applied only when the name is missing, and covered by a test in
+``tests/verify/test_lirpa_compat.py``. Import auto_LiRPA only through
+:func:`import_auto_lirpa`.
+
+References:
+    Xu et al., "Automatic Perturbation Analysis for Scalable Certified Robustness and
+    Beyond", NeurIPS 2020 (auto_LiRPA).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import numpy as np
+import torch
+
+_PATCHED: list[str] = []
+
+
+def _patch_numpy_arraysetops() -> None:
+    # auto_LiRPA/operators/base.py does `from numpy.lib.arraysetops import isin`;
+    # numpy 2 made that module private (numpy.lib._arraysetops_impl).
+    if "numpy.lib.arraysetops" in sys.modules:
+        return
+    try:
+        import numpy.lib.arraysetops  # noqa: F401
+        return
+    except ImportError:
+        pass
+    mod = types.ModuleType("numpy.lib.arraysetops")
+    mod.isin = np.isin  # type: ignore[attr-defined]
+    mod.unique = np.unique  # type: ignore[attr-defined]
+    sys.modules["numpy.lib.arraysetops"] = mod
+    np.lib.arraysetops = mod  # type: ignore[attr-defined]
+    _PATCHED.append("numpy.lib.arraysetops")
+
+
+def _patch_torch_six() -> None:
+    # BoundedModule.register_parameter checks `torch._six.string_classes`; torch 2 removed
+    # torch._six.
+    if hasattr(torch, "_six") or "torch._six" in sys.modules:
+        return
+    mod = types.ModuleType("torch._six")
+    mod.string_classes = (str, bytes)  # type: ignore[attr-defined]
+    sys.modules["torch._six"] = mod
+    torch._six = mod  # type: ignore[attr-defined]
+    _PATCHED.append("torch._six")
+
+
+def _patch_set_opset_version() -> None:
+    # parse_graph.py imports `_set_opset_version` from torch.onnx.symbolic_helper and sets
+    # opset 12 before running the ONNX graph passes; torch 2 moved the opset into GLOBALS.
+    import torch.onnx.symbolic_helper as helper
+
+    if hasattr(helper, "_set_opset_version"):
+        return
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    def _set_opset_version(opset_version: int) -> None:
+        GLOBALS.export_onnx_opset_version = opset_version
+
+    helper._set_opset_version = _set_opset_version  # type: ignore[attr-defined]
+    _PATCHED.append("torch.onnx.symbolic_helper._set_opset_version")
+
+
+def _node_getitem(node: Any, name: str) -> Any:
+    """``node[name]``: the attribute ``name`` of a TorchScript node, read with its typed getter."""
+    return getattr(node, node.kindOf(name))(name)
+
+
+def _patch_node_getitem() -> None:
+    # parse_graph reads node attributes as `n[k]`; torch 2 removed Node.__getitem__
+    # (the typed getters n.i(k), n.f(k), n.t(k), ... selected by n.kindOf(k) remain).
+    if hasattr(torch._C.Node, "__getitem__"):
+        return
+    torch._C.Node.__getitem__ = _node_getitem  # type: ignore[attr-defined]
+    _PATCHED.append("torch._C.Node.__getitem__")
+
+
+def _patch_named_members(bounded_module: type) -> None:
+    # torch 2's named_parameters()/named_buffers() pass `remove_duplicate=` to
+    # _named_members, which BoundedModule overrides with the old 3-argument signature.
+    original = bounded_module._named_members
+    if getattr(original, "_accepts_remove_duplicate", False):
+        return
+
+    def _named_members(self: Any, get_members_fn: Any, prefix: str = "", recurse: bool = True,
+                       remove_duplicate: bool = True) -> Any:
+        if remove_duplicate:
+            return original(self, get_members_fn, prefix, recurse)
+        return torch.nn.Module._named_members(self, get_members_fn, prefix, recurse, False)
+
+    _named_members._accepts_remove_duplicate = True  # type: ignore[attr-defined]
+    bounded_module._named_members = _named_members
+    _PATCHED.append("BoundedModule._named_members(remove_duplicate=...)")
+
+
+def import_auto_lirpa() -> types.ModuleType:
+    """auto_LiRPA, imported after applying every compatibility patch.
+
+    Returns:
+        the ``auto_LiRPA`` module.
+    """
+    _patch_numpy_arraysetops()
+    _patch_torch_six()
+    _patch_set_opset_version()
+    _patch_node_getitem()
+    import auto_LiRPA
+
+    _patch_named_members(auto_LiRPA.BoundedModule)
+    return auto_LiRPA
+
+
+def applied_patches() -> tuple[str, ...]:
+    """Names of the patches this process applied (for logs and tests)."""
+    return tuple(_PATCHED)

@@ -1,0 +1,238 @@
+"""A resumable certification run: certified radii per example, next to attack radii, as JSONL.
+
+Each finished example is appended to ``results[-k-of-N].jsonl`` as one JSON line and
+flushed + fsynced, so a run killed at any point loses at most the example in progress;
+``resume=True`` skips the indices already written after checking that the run
+configuration (``config.json``) is the same.
+
+References:
+    Xu et al., "Automatic Perturbation Analysis for Scalable Certified Robustness and
+    Beyond", NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .certify import METHODS, Certifier, CertifyError, check_method, check_norm
+from .compare import empirical_radius, measured_growth, ratio, soundness_flags, summarize, summary_table
+
+#: default ε grid of the summary table and search ceilings, per norm.
+DEFAULT_EPS: dict[str, tuple[float, ...]] = {"inf": (0.01, 0.02, 0.05, 0.1), "2": (0.1, 0.25, 0.5, 1.0)}
+EPS_MAX: dict[str, float] = {"inf": 0.5, "2": 5.0}
+ALL_METHODS: tuple[str, ...] = ("ibp", "crown", "alpha-crown", "forward", "lipschitz")
+
+
+class RunConfigError(ValueError):
+    """A run directory whose configuration differs from the requested one (or bad run arguments)."""
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"k/N"`` -> (k, N) with 1 ≤ k ≤ N; None -> (1, 1)."""
+    if spec is None:
+        return 1, 1
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise RunConfigError(f"--shard must look like k/N (e.g. 2/4), got {spec!r}") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise RunConfigError(f"--shard k/N needs 1 <= k <= N, got {spec!r}")
+    return k, n
+
+
+def results_path(out: Path, shard: tuple[int, int]) -> Path:
+    """The JSONL file of one shard (``results.jsonl`` when unsharded)."""
+    k, n = shard
+    return out / ("results.jsonl" if n == 1 else f"results-{k}-of-{n}.jsonl")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a torn last line (killed mid-write) is ignored."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _prepare(out: Path, config: dict[str, Any], resume: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / "config.json"
+    if cfg.exists():
+        old = json.loads(cfg.read_text())
+        if not resume:
+            raise RunConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        if diff:
+            raise RunConfigError(f"--resume: run config in {cfg} differs in {', '.join(diff)}")
+    else:
+        cfg.write_text(json.dumps(config, indent=1))
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and CUDA allocations) in MiB."""
+    out = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | os.PathLike[str],
+                methods: Sequence[str], norm: str, config: dict[str, Any], eps_list: Sequence[float] | None = None,
+                shard: tuple[int, int] = (1, 1), resume: bool = False, seed: int = 0, attack: bool = True,
+                progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Certify examples ``x[i]`` (i ≡ k−1 mod N for shard k/N), appending one JSON line per example.
+
+    Args:
+        model: classifier in eval mode.
+        x, y: the examples (N, C, H, W) and labels.
+        out: run directory.
+        methods: keys of :data:`~verify.certify.METHODS`.
+        norm: ``"inf"`` or ``"2"``.
+        config: the run configuration (written to / checked against ``config.json``).
+        eps_list: ε values of the summary's certified accuracy.
+        shard: (k, N).
+        resume: continue an interrupted run.
+        seed: attack seed.
+        attack: compute the empirical radius and the soundness check.
+        progress: show a tqdm bar.
+        on_record: called after each record is written (tests use it to interrupt a run).
+
+    Returns:
+        the summary dict of this shard (also written to ``summary[-k-of-N].json``/``.md``).
+
+    Raises:
+        RunConfigError: existing run without ``resume``, or a different configuration.
+        CertifyError: bad norm or method.
+    """
+    norm = check_norm(norm)
+    methods = [check_method(m) for m in methods]
+    if not methods:
+        raise CertifyError("no certification method given")
+    eps_list = tuple(eps_list or DEFAULT_EPS[norm])
+    out = Path(out)
+    _prepare(out, config, resume)
+    path = results_path(out, shard)
+    done = {r["index"] for r in read_records(path)}
+    todo = [i for i in range(x.shape[0]) if i % shard[1] == shard[0] - 1 and i not in done]
+    adaptive = not getattr(getattr(model, "solver", None), "is_fixed", True)
+    certifiers = {} if adaptive else {m: Certifier(model, norm, m) for m in methods}
+    from tqdm import tqdm
+
+    # Each search starts from the previous example's radius; rebuild that state on resume so a
+    # resumed run takes exactly the same search path as an uninterrupted one.
+    guess: dict[str, float | None] = dict.fromkeys(methods)
+    for r in sorted(read_records(path), key=lambda r: r["index"]):
+        for m in methods:
+            if r["methods"].get(m, {}).get("radius", 0) > 0:
+                guess[m] = r["methods"][m]["radius"]
+    for i in tqdm(todo, desc=f"certify {norm}", disable=not progress):
+        start = time.perf_counter()
+        xi, yi = x[i:i + 1], y[i:i + 1]
+        with torch.no_grad():
+            pred = int(model(xi).argmax(1))
+        rec: dict[str, Any] = {"index": i, "label": int(yi), "pred": pred, "correct": pred == int(yi),
+                               "empirical": None, "methods": {}, "ratio": {}, "unsound": []}
+        emp, growth = math.inf, None
+        if attack and rec["correct"]:
+            r_emp, x_adv = empirical_radius(model, xi, yi, norm, seed)
+            emp = float(r_emp[0])
+            rec["empirical"] = emp if math.isfinite(emp) else None
+            if math.isfinite(emp):
+                growth = measured_growth(model, xi, x_adv[:1])
+        rec["growth"] = growth
+        for m in methods:
+            cert = certifiers[m] if not adaptive else Certifier(model, norm, m, x_clean=xi)
+            g = guess[m] or (0.5 * emp if math.isfinite(emp) and emp > 0 else None)
+            res = cert.radius(xi, yi, EPS_MAX[norm], guess=g)
+            if res.radius > 0:
+                guess[m] = res.radius
+            rec["methods"][m] = {"radius": res.radius, "upper": None if math.isinf(res.upper) else res.upper,
+                                 "evaluations": res.evaluations, "seconds": res.seconds}
+            rec["ratio"][m] = ratio(res.radius, emp)
+            if cert.unrolled.adaptive:
+                rec["unrolled"] = cert.unrolled.description
+                rec["adaptive_distance"] = cert.unrolled.adaptive_distance
+        if attack and rec["correct"]:
+            rec["unsound"] = soundness_flags({m: v["radius"] for m, v in rec["methods"].items()}, emp, i)
+        rec["seconds"] = time.perf_counter() - start
+        rec.update(peak_memory_mb())
+        _append(path, rec)
+        if on_record is not None:
+            on_record(rec)
+    return write_summary(out, read_records(path), methods, eps_list, shard)
+
+
+def write_summary(out: Path, records: list[dict[str, Any]], methods: Sequence[str], eps_list: Sequence[float],
+                  shard: tuple[int, int] = (1, 1)) -> dict[str, Any]:
+    """Summarize records into ``summary*.json`` and ``summary*.md`` in ``out``."""
+    records = sorted(records, key=lambda r: r["index"])
+    summary = summarize(records, methods, eps_list)
+    summary["peak_memory"] = {k: max((r.get(k, 0.0) for r in records), default=0.0)
+                              for k in ("max_rss_mb", "cuda_max_allocated_mb") if any(k in r for r in records)}
+    suffix = "" if shard[1] == 1 else f"-{shard[0]}-of-{shard[1]}"
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
+    table = summary_table(summary, eps_list)
+    (out / f"summary{suffix}.md").write_text(table + "\n")
+    summary["table"] = table
+    return summary
+
+
+def merge_run(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Join ``results-k-of-N.jsonl`` shards into ``results.jsonl`` and summarize.
+
+    Raises:
+        RunConfigError: no shards, shards of different N, missing shards or duplicate indices.
+    """
+    out = Path(out)
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        raise RunConfigError(f"{out} is not a certification run directory (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    shards = sorted(out.glob("results-*-of-*.jsonl"))
+    if not shards:
+        raise RunConfigError(f"no shard files results-k-of-N.jsonl in {out}")
+    totals = {p.stem.split("-of-")[1] for p in shards}
+    if len(totals) != 1:
+        raise RunConfigError(f"shards of different N in {out}: {sorted(p.name for p in shards)}")
+    n = int(totals.pop())
+    have = {int(p.stem.split("-")[1]) for p in shards}
+    missing = sorted(set(range(1, n + 1)) - have)
+    if missing:
+        raise RunConfigError(f"missing shards {missing} of {n} in {out}")
+    records: dict[int, dict[str, Any]] = {}
+    for p in shards:
+        for r in read_records(p):
+            if r["index"] in records:
+                raise RunConfigError(f"example {r['index']} appears twice ({p.name})")
+            records[r["index"]] = r
+    merged = out / "results.jsonl"
+    with open(merged, "w") as f:
+        for i in sorted(records):
+            f.write(json.dumps(records[i]) + "\n")
+    return write_summary(out, list(records.values()), config["methods"], config["eps"])
+
+
+__all__ = ["ALL_METHODS", "DEFAULT_EPS", "EPS_MAX", "METHODS", "RunConfigError", "certify_run", "merge_run",
+           "parse_shard", "read_records", "results_path", "write_summary"]
