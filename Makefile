@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m models eval ode
+	$(PY) -m models eval ode --train-missing
 
 test: $(STAMP)
 	$(PY) -m pytest -q

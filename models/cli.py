@@ -63,9 +63,41 @@ def make_adversary(recipe: Recipe, seed: int) -> Adversary | None:
     return adversary
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_and_save(arch: str, config: dict[str, Any], recipe: Recipe, dataset: str, out: Path,
+                    data_dir: str | None, device: torch.device, progress: bool, preset: str | None) -> Path:
+    """Train, measure held-out accuracy and NFE, write the checkpoint; returns its path."""
     from . import build_model
     from .data import load_dataset
+
+    commit = git_commit()  # the code that trains, read before training starts
+    torch.manual_seed(recipe.seed)
+    model = build_model(arch, **config).to(device)
+    x_tr, y_tr = load_dataset(dataset, "train", data_dir)
+    x_te, y_te = load_dataset(dataset, "test", data_dir)
+    result = train(model, x_tr, y_tr, recipe, adversary=make_adversary(recipe, recipe.seed),
+                   resume_path=out.with_suffix(".resume.pt"), progress=progress)
+    t0 = time.perf_counter()
+    acc, nfe = accuracy(model, x_te, y_te)
+    eval_s = time.perf_counter() - t0
+    acc500, _ = accuracy(model, x_te[:500], y_te[:500])
+    meta = {
+        "dataset": dataset, "protocol": "train: split 'train'; accuracy: split 'test' (held out)",
+        "recipe": dataclasses.asdict(recipe), "held_out_accuracy": acc, "held_out_n": len(y_te),
+        "held_out_accuracy_500": acc500,
+        "mean_nfe": nfe, "train_seconds": round(result.seconds, 1), "eval_seconds": round(eval_s, 2),
+        "epoch_loss": [round(v, 5) for v in result.epoch_loss], "parameters": model.num_parameters(),
+        "git_commit": commit, "torch": torch.__version__,
+    }
+    if preset:
+        meta["preset"] = preset
+    path = save_checkpoint(out, model, meta)
+    out.with_suffix(".resume.pt").unlink(missing_ok=True)
+    print(f"saved {path}  held-out accuracy {acc:.4f} (n={len(y_te)})  mean NFE {nfe:.1f}  "
+          f"train {result.seconds:.0f}s")
+    return path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .zoo import PRESETS, ZOO_DIR
 
     device = _device(args.device)
@@ -99,38 +131,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.solver or args.steps or args.tol is not None or args.T is not None:
             base = _solver_override(base, args)
         config["solver"] = base.to_dict()
-    torch.manual_seed(recipe.seed)
-    model = build_model(arch, **config).to(device)
-    x_tr, y_tr = load_dataset(dataset, "train", args.data_dir)
-    x_te, y_te = load_dataset(dataset, "test", args.data_dir)
-    result = train(model, x_tr, y_tr, recipe, adversary=make_adversary(recipe, recipe.seed),
-                   resume_path=out.with_suffix(".resume.pt"), progress=not args.no_progress)
-    t0 = time.perf_counter()
-    acc, nfe = accuracy(model, x_te, y_te)
-    eval_s = time.perf_counter() - t0
-    acc500, _ = accuracy(model, x_te[:500], y_te[:500])
-    meta = {
-        "dataset": dataset, "protocol": "train: split 'train'; accuracy: split 'test' (held out)",
-        "recipe": dataclasses.asdict(recipe), "held_out_accuracy": acc, "held_out_n": len(y_te),
-        "held_out_accuracy_500": acc500,
-        "mean_nfe": nfe, "train_seconds": round(result.seconds, 1), "eval_seconds": round(eval_s, 2),
-        "epoch_loss": [round(v, 5) for v in result.epoch_loss], "parameters": model.num_parameters(),
-        "git_commit": git_commit(), "torch": torch.__version__,
-    }
-    if args.preset:
-        meta["preset"] = args.preset
-    path = save_checkpoint(out, model, meta)
-    out.with_suffix(".resume.pt").unlink(missing_ok=True)
-    print(f"saved {path}  held-out accuracy {acc:.4f} (n={len(y_te)})  mean NFE {nfe:.1f}  "
-          f"train {result.seconds:.0f}s")
+    _train_and_save(arch, config, recipe, dataset, out, args.data_dir, device, not args.no_progress,
+                    args.preset)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .zoo import resolve
+    from .zoo import PRESETS, ZOO_DIR, resolve
 
-    model, meta = resolve(args.model, _device(args.device))
+    device = _device(args.device)
+    if args.train_missing and args.model in PRESETS and not (ZOO_DIR / f"{args.model}.pt").exists():
+        p = PRESETS[args.model]
+        _train_and_save(p.arch, dict(p.config), p.recipe, p.dataset, ZOO_DIR / p.name, args.data_dir, device,
+                        True, p.name)
+    model, meta = resolve(args.model, device)
     if getattr(model, "solver", None) is not None and (args.solver or args.steps or args.tol is not None
                                                        or args.T is not None):
         model.solver = _solver_override(model.solver, args)
@@ -223,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--json", action="store_true", help="also print a JSON line")
+    e.add_argument("--train-missing", action="store_true",
+                   help="train a zoo model from its preset first if its checkpoint is missing")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("download", help="fetch MNIST files with md5 verification")

@@ -223,13 +223,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def git_commit() -> str | None:
-    """Current commit of the source tree, if it is a git checkout."""
+    """Current commit of the source tree (``-dirty`` if it has uncommitted changes), or None."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=here).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return (head + ("-dirty" if dirty else "")) or None
 
 
 def _stem(path: str | os.PathLike[str]) -> Path:

@@ -172,3 +172,23 @@ def test_presets_are_consistent() -> None:
         assert p.name == name
         if p.arch == "ode":
             SolverConfig.from_dict(p.config["solver"])
+
+
+@needs_data
+def test_eval_train_missing_trains_then_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import models.zoo as zoo
+
+    tiny = zoo.Preset("tiny", "mlp", {"hidden": [16]}, Recipe(epochs=1, batch_size=256, shift=0), "test MLP")
+    monkeypatch.setattr(zoo, "PRESETS", {**zoo.PRESETS, "tiny": tiny})
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    assert main(["eval", "tiny"]) == 2  # missing and not asked to train
+    assert "has no checkpoint yet" in capsys.readouterr().err
+    assert main(["eval", "tiny", "--train-missing", "--n", "100"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "tiny.pt").exists() and "saved" in out and "held-out accuracy" in out
+    meta = json.loads((tmp_path / "tiny.json").read_text())
+    assert meta["preset"] == "tiny" and meta["held_out_n"] == 2000 and meta["held_out_accuracy"] > 0.5
+    mtime = (tmp_path / "tiny.pt").stat().st_mtime_ns
+    assert main(["eval", "tiny", "--train-missing", "--n", "100"]) == 0  # now it only loads
+    assert (tmp_path / "tiny.pt").stat().st_mtime_ns == mtime
