@@ -24,9 +24,10 @@ import torch
 from lipbound import empirical_lipschitz, network_bound
 from lipbound._rk import rk_trajectory
 from lipbound.tableau import tableau_for_solver
+from models.zoo import PRESETS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ZOO = ("ode", "ode-chen", "resnet", "lenet5")
+ZOO = tuple(PRESETS)  # every zoo model
 
 
 def _time_ode() -> dict[str, Any]:
