@@ -8,12 +8,6 @@ import torch
 from models import MLP
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread() -> None:
-    # The machine is shared; one thread per test process keeps timings predictable.
-    torch.set_num_threads(1)
-
-
 def linear_problem(seed: int = 0, n: int = 48, size: int = 8, classes: int = 2):
     """A linear classifier on size x size images, inputs in [0.3, 0.7] labelled by the model.
 

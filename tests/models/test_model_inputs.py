@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,15 +13,6 @@ from models import (
     UnknownArchitectureError, build_model,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """These tensors are tiny: extra intra-op threads only add contention (and can make
-    float64 conv backward in gradcheck ~10x slower on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 FACTORIES: dict[str, Callable[[], Classifier]] = {
     "ODENet": lambda: ODENet(channels=4, solver=SolverConfig.fixed("euler", 2)),

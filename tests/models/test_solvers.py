@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,15 +13,6 @@ from models import ODEBlock, ODENet, ResNet, SolverConfig, SolverConfigError, So
 from models.fields import VectorField, VerifiableField
 
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """These tensors are tiny: extra intra-op threads only add contention (and can make
-    float64 conv backward in gradcheck ~10x slower on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 class LinearField(VectorField):
     """dh/dt = (a + b t) A h for states of shape (N, d).
