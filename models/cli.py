@@ -21,15 +21,9 @@ from typing import Any
 
 import torch
 
-from .cli_support import OneLineArgumentParser, run_main, subparsers
+from .cli_support import OneLineArgumentParser, resolve_device, run_main, subparsers
 from .solver import ADAPTIVE_METHODS, METHODS, SolverConfig
 from .train import Adversary, Recipe, accuracy, git_commit, save_checkpoint, train
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def _solver_override(base: SolverConfig, args: argparse.Namespace) -> SolverConfig:
@@ -100,7 +94,7 @@ def _train_and_save(arch: str, config: dict[str, Any], recipe: Recipe, dataset: 
 def cmd_train(args: argparse.Namespace) -> int:
     from .zoo import PRESETS, ZOO_DIR
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.preset:
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -140,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .zoo import PRESETS, ZOO_DIR, resolve
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.train_missing and args.model in PRESETS and not (ZOO_DIR / f"{args.model}.pt").exists():
         p = PRESETS[args.model]
         _train_and_save(p.arch, dict(p.config), p.recipe, p.dataset, ZOO_DIR / p.name, args.data_dir, device,

@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+import torch
+
 #: Exceptions that mean "the user asked for something invalid" (exit status 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, TypeError)
 
@@ -55,3 +57,14 @@ def run_main(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] |
 def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """Subcommand group whose parsers also report errors on one line."""
     return parser.add_subparsers(dest="command", parser_class=OneLineArgumentParser)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``--device`` choice as a torch device.
+
+    Raises:
+        ValueError: ``cuda`` was asked for on a machine without a CUDA device.
+    """
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available on this machine")
+    return torch.device(name)

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from models.cli_support import resolve_device
+
 
 def _solver_spec(text: str) -> Any:
     """``METHOD:N`` (fixed grid, N steps) or ``METHOD:TOL`` (adaptive) -> SolverConfig."""
@@ -79,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+    resolve_device(args.device)
     kwargs: dict[str, Any] = {"seed": args.seed, "attack_solver": args.attack_solver,
                               "eval_solver": args.eval_solver}
     if args.steps is not None:

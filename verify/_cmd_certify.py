@@ -6,7 +6,9 @@ import argparse
 import math
 import sys
 
-from .run import ALL_METHODS, DEFAULT_EPS, RunConfigError, certify_run, parse_shard
+from models.cli_support import resolve_device
+
+from .run import ALL_METHODS, DEFAULT_EPS, certify_run, parse_shard
 
 
 def _eps(text: str) -> float:
@@ -55,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from models.zoo import resolve
 
     shard = parse_shard(args.shard)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RunConfigError("--device cuda: no CUDA device available")
+    resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, meta = resolve(args.model, args.device)
     x, y = load_dataset("mnist-t10k", split="test", data_dir=args.data_dir)

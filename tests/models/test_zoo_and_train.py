@@ -192,3 +192,15 @@ def test_eval_train_missing_trains_then_loads(tmp_path: Path, monkeypatch: pytes
     mtime = (tmp_path / "tiny.pt").stat().st_mtime_ns
     assert main(["eval", "tiny", "--train-missing", "--n", "100"]) == 0  # now it only loads
     assert (tmp_path / "tiny.pt").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_every_cli_rejects_cuda_without_a_device(capsys: pytest.CaptureFixture[str]) -> None:
+    from verify.cli import main as verify_main
+
+    for run, argv in ((main, ["eval", "ode", "--device", "cuda"]),
+                      (verify_main, ["attack", "--model", "ode", "--attack", "fgsm", "--eps", "0.1", "--device", "cuda"]),
+                      (verify_main, ["certify", "--model", "ode", "--device", "cuda"])):
+        assert run(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == ["error: --device cuda requested but CUDA is not available on this machine"]
