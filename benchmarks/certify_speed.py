@@ -1,7 +1,8 @@
 """CROWN L∞ certified radii of held-out examples of a zoo model: this toolkit vs plain auto_LiRPA.
 
-fast:  ``verify.certify.Certifier.radius`` (one traced BoundedModule, guided search,
-       stable-neuron skipping from failed larger-ε bounds, no_grad).
+fast:  ``verify.certify.Certifier.radius``: the dense CROWN engine (verify.crown), a search
+       that starts just above the expected radius, and stable-neuron skipping from the failed
+       larger-ε bound.
 plain: per example a fresh BoundedModule and plain ``compute_bounds(method="backward")``
        at exactly the ε values the fast search evaluated, so the bounds can be compared
        (max |difference| reported) and the time per example is like-for-like.
@@ -41,10 +42,9 @@ def _worker(mode: str, model_name: str, n: int, plan_path: str | None) -> dict:
     start = time.perf_counter()
     if mode == "fast":
         cert = Certifier(model, "inf", "crown")
-        guess = None
+        out["engine"] = cert.engine
         for i in range(n):
-            r = cert.radius(x[i:i + 1], y[i:i + 1], 0.5, guess=guess)
-            guess = r.radius or guess
+            r = cert.radius(x[i:i + 1], y[i:i + 1], 0.5)
             out["examples"].append({"index": i, "radius": r.radius, "upper": r.upper, "evals": r.evaluations,
                                     "seconds": r.seconds, "history": r.margins})
     else:
@@ -92,10 +92,13 @@ def main() -> int:
     k = len(plain["examples"])
     fast_k = sum(e["seconds"] for e in fast["examples"][:k]) / k
     plain_k = sum(e["seconds"] for e in plain["examples"]) / k
-    res = {"model": a.model, "n_fast": a.n, "n_plain": k, "fast_total_seconds": fast["total_seconds"],
+    res = {"model": a.model, "engine": fast["engine"], "threads": 1, "n_fast": a.n, "n_plain": k, "fast_total_seconds": fast["total_seconds"],
            "fast_seconds_per_example": fast["total_seconds"] / a.n, "fast_seconds_per_example_on_shared": fast_k,
            "plain_seconds_per_example_on_shared": plain_k, "speedup_on_shared": plain_k / fast_k,
            "max_bound_difference": max(diffs) if diffs else None, "bounds_compared": len(diffs),
+           "bounds_differing_over_1e-5": sum(d > 1e-5 for d in diffs),
+           "certified_decisions_differing": sum((w > 0) != (h[1] > 0) for fe, pe in zip(fast["examples"], plain["examples"])
+                                                for w, h in zip(pe["worst"], fe["history"][1:])),
            "fast_max_rss_mb": fast["max_rss_mb"], "plain_max_rss_mb": plain["max_rss_mb"],
            "median_evals": sorted(e["evals"] for e in fast["examples"])[a.n // 2],
            "radii": [e["radius"] for e in fast["examples"]]}

@@ -34,12 +34,15 @@ import torch
 from torch import nn
 
 from ._lirpa_compat import import_auto_lirpa
+from .crown import Crown, DenseGraph, GraphError
 from .unroll import Unrolled, unroll
 
 #: CLI name -> auto_LiRPA method ("lipschitz" is handled by lipbound).
 METHODS: dict[str, str] = {"ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized",
                            "forward": "forward", "lipschitz": "lipschitz"}
 NORMS: tuple[str, ...] = ("inf", "2")
+#: implementations of CROWN a :class:`Certifier` can use.
+ENGINES: tuple[str, ...] = ("auto", "auto_lirpa")
 
 
 class CertifyError(ValueError):
@@ -121,6 +124,11 @@ class Certifier:
         batch_size: examples per bound call (the traced shape).
         x_clean: one clean input, needed to unroll an adaptive solver.
         bound_opts: auto_LiRPA options (default ``{"conv_mode": "patches"}``).
+        engine: for ``crown``: ``"auto"`` uses :mod:`verify.crown` (the same bounds as
+            auto_LiRPA's CROWN, computed on a dense graph, several times faster) whenever
+            the model has a dense affine–ReLU form and auto_LiRPA otherwise (e.g. max
+            pooling); ``"auto_lirpa"`` always uses auto_LiRPA. Other methods always use
+            auto_LiRPA (or lipbound).
 
     Raises:
         CertifyError: unknown norm or method.
@@ -128,8 +136,11 @@ class Certifier:
     """
 
     def __init__(self, model: nn.Module, norm: str = "inf", method: str = "crown", batch_size: int = 1,
-                 x_clean: torch.Tensor | None = None, bound_opts: dict[str, Any] | None = None) -> None:
+                 x_clean: torch.Tensor | None = None, bound_opts: dict[str, Any] | None = None,
+                 engine: str = "auto") -> None:
         self.norm, self.method = check_norm(norm), check_method(method)
+        if engine not in ENGINES:
+            raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model = model.eval()
         self.unrolled: Unrolled = unroll(model, x_clean)
         self.num_classes = int(getattr(model, "num_classes", 10))
@@ -138,7 +149,20 @@ class Certifier:
         self.batch_size = batch_size
         self._lipschitz: float | None = None
         self._bm: Any = None
+        #: radius / clean margin of the examples searched so far (the search's starting point).
+        self.search_ratios: list[float] = []
         self.bound_opts = dict(bound_opts) if bound_opts is not None else {"conv_mode": "patches"}
+        self._crown: Crown | None = None
+        if self.method == "crown" and engine == "auto" and bound_opts is None:
+            try:
+                graph = DenseGraph.from_model(self.model, self.unrolled.steps if self.unrolled.adaptive else None)
+            except GraphError:
+                graph = None
+            if graph is not None:
+                self._crown = Crown(graph, self.norm)
+        #: which implementation computes the bounds: "dense" (verify.crown), "auto_LiRPA" or "lipbound".
+        self.engine = "dense" if self._crown is not None else ("lipbound" if self.method == "lipschitz"
+                                                                else "auto_LiRPA")
 
     @property
     def bounded_module(self) -> Any:
@@ -173,8 +197,11 @@ class Certifier:
             ptb = lirpa.PerturbationLpNorm(norm=2.0, eps=float(eps[0]))
         return lirpa.BoundedTensor(x, ptb)
 
-    def reference(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Pre-activation bounds of the last call, keyed by node name (for ``aux_reference_bounds``)."""
+    def reference(self) -> dict[Any, tuple[torch.Tensor, torch.Tensor]]:
+        """Pre-activation bounds of the last call (of one example), keyed by node: pass them as
+        ``reference`` to a later call on a subset of the perturbation set (a smaller ε)."""
+        if self._crown is not None:
+            return {k: (lo.clone(), hi.clone()) for k, (lo, hi) in self._crown.bounds.items()}
         out = {}
         for relu in self.bounded_module.relus:
             node = relu.inputs[0]
@@ -205,6 +232,12 @@ class Certifier:
             with torch.no_grad():
                 margins = torch.einsum("nkc,nc->nk", C, self.model(x))
             return margins - eps_t.view(-1, 1) * self._lipschitz_constant()
+        if self._crown is not None:
+            if reference and x.shape[0] != 1:
+                raise CertifyError("reference bounds belong to one example: pass a batch of one")
+            with torch.no_grad():
+                return torch.stack([self._crown.margins(x[i], float(eps_t[i]), C[i], reference)
+                                    for i in range(x.shape[0])])
         if x.shape[0] != self.batch_size:
             raise CertifyError(f"this certifier was traced for batches of {self.batch_size}, got {x.shape[0]}")
         kwargs: dict[str, Any] = {"C": C, "method": METHODS[self.method], "bound_upper": False}
@@ -229,7 +262,10 @@ class Certifier:
         Args:
             x, y: one example and its label.
             eps_max: search ceiling.
-            guess: first ε to try (e.g. the previous example's radius); default eps_max / 8.
+            guess: first ε to try. Default: 1.25 × (clean margin) × (median radius-to-margin
+                ratio of the examples this certifier has searched), just above the expected
+                radius so that the first bound fails and every later one reuses its
+                intermediate bounds; eps_max / 8 for the first example.
             rtol, atol: stop when hi − lo ≤ atol + rtol·lo.
             max_evals: cap on bound evaluations.
 
@@ -249,7 +285,10 @@ class Certifier:
         ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         history: list[tuple[float, float]] = [(0.0, m0)]
         side = 0
-        eps = min(guess if guess and guess > 0 else eps_max / 8, eps_max)
+        if not (guess and guess > 0):
+            ratios = sorted(self.search_ratios)
+            guess = 1.25 * m0 * ratios[len(ratios) // 2] if ratios else eps_max / 8
+        eps = min(guess, eps_max)
         while len(history) - 1 < max_evals:
             m = float(self.margins(x, y, eps, ref if eps < hi else None).min())
             history.append((eps, m))
@@ -276,11 +315,13 @@ class Certifier:
             if hi > 2 * lo:
                 eps = max(eps, math.sqrt(lo * hi) if lo > 0 else hi / 8)
             eps = min(max(eps, lo + 0.5 * tol), hi - 0.5 * tol)
+        if lo > 0 and math.isfinite(hi):
+            self.search_ratios.append(lo / m0)
         return RadiusResult(lo, hi, len(history) - 1, time.perf_counter() - start, tuple(history))
 
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf",
-            method: str = "crown", bound_opts: dict[str, Any] | None = None) -> CertResult:
+            method: str = "crown", bound_opts: dict[str, Any] | None = None, engine: str = "auto") -> CertResult:
     """Margin lower bounds for a batch at one ε.
 
     Args:
@@ -290,7 +331,8 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
         eps: radius (pixel units), ≥ 0.
         norm: ``"inf"`` (ε-ball ∩ [0, 1]) or ``"2"`` (whole ε-ball).
         method: ``ibp``, ``crown``, ``alpha-crown``, ``forward`` or ``lipschitz``.
-        bound_opts: auto_LiRPA options.
+        bound_opts: auto_LiRPA options (given: auto_LiRPA computes every method).
+        engine: ``"auto"`` or ``"auto_lirpa"`` (see :class:`Certifier`).
 
     Returns:
         a :class:`CertResult`.
@@ -306,7 +348,7 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise CertifyError(f"eps must be a finite number >= 0, got {eps!r}")
     start = time.perf_counter()
-    cert = Certifier(model, norm, method, x.shape[0], x[:1], bound_opts)
+    cert = Certifier(model, norm, method, x.shape[0], x[:1], bound_opts, engine)
     if cert.unrolled.adaptive and x.shape[0] > 1:
         raise CertifyError("an adaptive solver is unrolled per input: certify one example at a time")
     lower = cert.margins(x, y, eps)

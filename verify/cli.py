@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from models.cli_support import OneLineArgumentParser, run_main, subparsers
 
 #: subcommand modules, in the order ``--help`` shows them.
-COMMANDS: tuple[str, ...] = ("_cmd_bounds", "_cmd_certify", "_cmd_merge", "_cmd_plot", "_cmd_attack")
+COMMANDS: tuple[str, ...] = ("_cmd_bounds", "_cmd_certify", "_cmd_merge", "_cmd_plot", "_cmd_attack", "_cmd_study")
 
 
 def build_parser() -> argparse.ArgumentParser:

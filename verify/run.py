@@ -140,13 +140,17 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
     certifiers = {} if adaptive else {m: Certifier(model, norm, m) for m in methods}
     from tqdm import tqdm
 
-    # Each search starts from the previous example's radius; rebuild that state on resume so a
-    # resumed run takes exactly the same search path as an uninterrupted one.
-    guess: dict[str, float | None] = dict.fromkeys(methods)
+    # Each search starts from the radius-to-margin ratios of the examples before it (see
+    # Certifier.radius); rebuild them on resume so a resumed run takes exactly the same search
+    # path as an uninterrupted one.
+    ratios: dict[str, list[float]] = {m: [] for m in methods}
     for r in sorted(read_records(path), key=lambda r: r["index"]):
         for m in methods:
-            if r["methods"].get(m, {}).get("radius", 0) > 0:
-                guess[m] = r["methods"][m]["radius"]
+            rec_m = r["methods"].get(m, {})
+            if rec_m.get("radius", 0) > 0 and rec_m.get("upper") is not None and rec_m.get("margin0"):
+                ratios[m].append(rec_m["radius"] / rec_m["margin0"])
+    for m, cert in certifiers.items():
+        cert.search_ratios.extend(ratios[m])
     for i in tqdm(todo, desc=f"certify {norm}", disable=not progress):
         start = time.perf_counter()
         xi, yi = x[i:i + 1], y[i:i + 1]
@@ -163,13 +167,18 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
                 growth = measured_growth(model, xi, x_adv[:1])
         rec["growth"] = growth
         for m in methods:
-            cert = certifiers[m] if not adaptive else Certifier(model, norm, m, x_clean=xi)
-            g = guess[m] or (0.5 * emp if math.isfinite(emp) and emp > 0 else None)
+            if adaptive:
+                cert = Certifier(model, norm, m, x_clean=xi)
+                cert.search_ratios.extend(ratios[m])
+            else:
+                cert = certifiers[m]
+            g = None if ratios[m] else (0.5 * emp if math.isfinite(emp) and emp > 0 else None)
             res = cert.radius(xi, yi, EPS_MAX[norm], guess=g)
-            if res.radius > 0:
-                guess[m] = res.radius
+            m0 = res.margins[0][1]
+            if res.radius > 0 and math.isfinite(res.upper):
+                ratios[m].append(res.radius / m0)
             rec["methods"][m] = {"radius": res.radius, "upper": None if math.isinf(res.upper) else res.upper,
-                                 "evaluations": res.evaluations, "seconds": res.seconds}
+                                 "evaluations": res.evaluations, "seconds": res.seconds, "margin0": m0}
             rec["ratio"][m] = ratio(res.radius, emp)
             if cert.unrolled.adaptive:
                 rec["unrolled"] = cert.unrolled.description
