@@ -199,6 +199,7 @@ class Attack:
         self._nfe = 0
         self._queries = torch.zeros(0, dtype=torch.long)
         self._iterations = 0
+        self._known_success: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(norm={self.norm!r}, eps={self.ball!r})"
@@ -226,22 +227,28 @@ class Attack:
         self._nfe = 0
         self._iterations = 0
         self._queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self._known_success = None
         start = time.perf_counter()
         try:
             model.eval()
             for p, _ in flags:
                 p.requires_grad_(False)
             with with_solver(model, self.attack_solver):
-                x_adv = self._perturb(x, y).detach()
-            if x_adv.shape != x.shape:
-                raise RuntimeError(f"{type(self).__name__}._perturb returned shape {tuple(x_adv.shape)}")
-            delta = x_adv - x
+                raw = self._perturb(x, y).detach()
+            if raw.shape != x.shape:
+                raise RuntimeError(f"{type(self).__name__}._perturb returned shape {tuple(raw.shape)}")
+            delta = raw - x
             if self.ball.bounded:
                 delta = self.ball.project(delta)
             x_adv = (x + delta).clamp(0.0, 1.0)
-            with torch.no_grad(), with_solver(model, self.eval_solver):
-                success = model(x_adv).argmax(dim=1) != y
-                self._nfe += model_nfe(model)
+            if self._all_known(raw, x_adv):
+                # every returned point is an iterate the attack itself found misclassified,
+                # under the scoring solver and bit for bit: scoring it again would repeat that pass
+                success = torch.ones_like(y, dtype=torch.bool)
+            else:
+                with torch.no_grad(), with_solver(model, self.eval_solver):
+                    success = model(x_adv).argmax(dim=1) != y
+                    self._nfe += model_nfe(model)
         finally:
             for m, training in modes:
                 m.training = training
@@ -263,6 +270,15 @@ class Attack:
         The result is projected and clamped by the caller.
         """
         raise NotImplementedError
+
+    def _all_known(self, raw: torch.Tensor, x_adv: torch.Tensor) -> bool:
+        """Whether ``_perturb`` marked every returned point misclassified (``_known_success``),
+        the scoring solver is the attack's, the model is deterministic (a model with
+        ``randomized = True`` is always scored by a fresh pass) and projection left the points
+        unchanged."""
+        known = self._known_success
+        return (known is not None and self.eval_solver is None and self.grad_samples == 1
+                and not getattr(self.model, "randomized", False) and bool(known.all()) and torch.equal(raw, x_adv))
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:

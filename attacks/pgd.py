@@ -129,6 +129,7 @@ class PGD(Attack):
                 with torch.no_grad():
                     logits = self._forward(xa, idx)
                 keep(idx, xa, logits.argmax(dim=1) != ys, attack_loss(self.loss, logits, ys))
+        self._known_success = best_ok
         return best_x
 
 
