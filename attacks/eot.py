@@ -1,8 +1,9 @@
 """Expectation over Transformation: attack a randomized model through its average gradient.
 
-Also provides :class:`RandomTolerance`, the tolerance-randomization defense of Carrara et
-al. (each forward integrates the ODE net with a tolerance drawn log-uniformly), as a
-randomized model to evaluate with and without EOT.
+Also re-exports :class:`RandomTolerance`, an alias of :class:`models.ToleranceRandomized`
+(the tolerance-randomization defense of Carrara et al.: each forward integrates the ODE
+net with a tolerance drawn log-uniformly), the randomized model to evaluate with and
+without EOT.
 
 References:
     Athalye, Engstrom, Ilyas & Kwok, "Synthesizing Robust Adversarial Examples", ICML 2018.
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import Any
 
 import torch
-from torch import nn
 
-from ._solver import has_solver, model_nfe
+from models.randomized import ToleranceRandomized as RandomTolerance
+
 from .base import Attack, AttackError, AttackResult, _check_int
 
 
@@ -63,54 +63,6 @@ class EOT(Attack):
         """Run the wrapped attack with averaged gradients (see :meth:`Attack.__call__`)."""
         result = self.inner(x, y)
         return dataclasses.replace(result, attack=f"eot-{result.attack}")
-
-
-class RandomTolerance(nn.Module):
-    """An ODE net whose every forward uses an adaptive solver with a random tolerance.
-
-    τ is drawn log-uniformly from [``low``, ``high``] per forward pass (rtol = atol = τ),
-    as in the tolerance-randomization defense; the wrapped model's solver is restored
-    after each pass.
-
-    Args:
-        model: an ODE net (``model.solver`` assignable).
-        low: smallest tolerance.
-        high: largest tolerance.
-        method: adaptive method.
-        seed: seed of the tolerance draws.
-
-    Raises:
-        AttackError: a model without a solver or an invalid tolerance range.
-    """
-
-    def __init__(self, model: nn.Module, low: float = 1e-5, high: float = 1e-1, method: str = "dopri5",
-                 seed: int = 0) -> None:
-        super().__init__()
-        if not has_solver(model):
-            raise AttackError(f"{type(model).__name__} has no ODE solver to randomize")
-        if not 0 < low <= high:
-            raise AttackError(f"need 0 < low <= high, got low={low!r}, high={high!r}")
-        self.model = model
-        self.low, self.high, self.method = float(low), float(high), method
-        self.generator = torch.Generator().manual_seed(seed)
-        self.nfe = 0
-        self.last_tol = math.nan
-        self.num_classes = getattr(model, "num_classes", None)
-        self.input_shape = getattr(model, "input_shape", None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits with a freshly drawn tolerance."""
-        u = float(torch.rand((), generator=self.generator))
-        tol = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        saved = self.model.solver
-        self.model.solver = saved.replace(method=self.method, rtol=tol, atol=tol, step_size=None)
-        try:
-            out = self.model(x)
-        finally:
-            self.model.solver = saved
-        self.nfe = model_nfe(self.model)
-        self.last_tol = tol
-        return out
 
 
 __all__ = ["EOT", "RandomTolerance"]

@@ -20,6 +20,10 @@ from .lenet import LeNet5 as LeNet5
 from .odenet import ODEBlock as ODEBlock
 from .odenet import ODENet as ODENet
 from .odenet import SolverStepLimitError as SolverStepLimitError
+from .randomized import REJECT as REJECT
+from .randomized import RandomizationError as RandomizationError
+from .randomized import ToleranceRandomized as ToleranceRandomized
+from .randomized import VoteResult as VoteResult
 from .resnet import ResNet as ResNet
 from .solver import ADAPTIVE_METHODS as ADAPTIVE_METHODS
 from .solver import FIXED_METHODS as FIXED_METHODS
@@ -50,5 +54,5 @@ __all__ = [
     "ADAPTIVE_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier",
     "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
     "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",
-    "build_model",
+    "build_model", "REJECT", "RandomizationError", "ToleranceRandomized", "VoteResult",
 ]
