@@ -243,6 +243,11 @@ class Certifier:
         kwargs: dict[str, Any] = {"C": C, "method": METHODS[self.method], "bound_upper": False}
         if reference:
             kwargs["aux_reference_bounds"] = reference
+        if self.method == "alpha-crown":
+            # auto_LiRPA 0.3 keeps the optimised slopes' sparse index sets of the previous call and
+            # fails ("shape mismatch" in reconstruct_full_alpha) when the unstable set changes: a
+            # fresh BoundedModule per α-CROWN bound (tracing is cheap next to the optimisation).
+            self._bm = None
         bm = self.bounded_module
         if self.method == "alpha-crown":
             lower, _ = bm.compute_bounds(x=(self._input(x, eps_t),), **kwargs)
