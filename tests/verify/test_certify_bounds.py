@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from models import MLP, ODENet, SolverConfig
+from models.data import load_dataset
+from models.zoo import load
 from verify.certify import Certifier, CertifyError, certify
 
 
@@ -136,3 +138,15 @@ def test_bad_arguments():
         certify(net, x, y, -0.1)
     with pytest.raises(CertifyError, match="y must have shape"):
         certify(net, x, torch.tensor([0, 1]), 0.1)
+
+
+
+def test_crown_at_least_ibp_through_maxpool():
+    """auto_LiRPA's CROWN on the zoo LeNet-5: the radius search must not hand it the failed
+    bound's intervals (they loosen its MaxPool relaxation below IBP, down to no radius at all)."""
+    net = load("lenet5")
+    x, y = load_dataset("mnist-t10k", "test", n=2)
+    for i in range(2):
+        ibp = Certifier(net, "inf", "ibp").radius(x[i:i + 1], y[i:i + 1], 0.5)
+        crown = Certifier(net, "inf", "crown").radius(x[i:i + 1], y[i:i + 1], 0.5)
+        assert crown.radius >= ibp.radius > 0
