@@ -1,7 +1,8 @@
 """Every compatibility patch auto_LiRPA 0.3 needs on torch 2.13 / numpy 2, in one place.
 
 auto_LiRPA 0.3 (the only version on the package registry) was written for torch < 1.13
-and numpy 1. Each patch below restores one name or behaviour it relies on; each is
+and numpy 1. Each patch below restores one name or behaviour it relies on (one mends a
+shape bug of its own, in α-CROWN through max-pooling); each is
 idempotent, applied only when the name is missing, and covered by a test in
 ``tests/verify/test_lirpa_compat.py``. Import auto_LiRPA only through
 :func:`import_auto_lirpa`.
@@ -13,6 +14,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from typing import Any
@@ -101,6 +103,23 @@ def _patch_named_members(bounded_module: type) -> None:
     _PATCHED.append("BoundedModule._named_members(remove_duplicate=...)")
 
 
+def _patch_maxpool_alpha_size(bound_maxpool: type) -> None:
+    # α-CROWN through max-pooling: BoundMaxPool.init_opt_parameters puts the start node's
+    # output size into its slope shape as given, a torch.Size for a convolutional start node,
+    # which torch.empty rejects; auto_LiRPA's other operators flatten it to its product first.
+    original = bound_maxpool.init_opt_parameters
+    if getattr(original, "_flattens_sizes", False):
+        return
+
+    def init_opt_parameters(self: Any, start_nodes: Any) -> Any:
+        flat = [(ns, math.prod(size) if isinstance(size, torch.Size) else size, idx) for ns, size, idx in start_nodes]
+        return original(self, flat)
+
+    init_opt_parameters._flattens_sizes = True  # type: ignore[attr-defined]
+    bound_maxpool.init_opt_parameters = init_opt_parameters
+    _PATCHED.append("BoundMaxPool.init_opt_parameters(start-node sizes)")
+
+
 def import_auto_lirpa() -> types.ModuleType:
     """auto_LiRPA, imported after applying every compatibility patch.
 
@@ -113,7 +132,10 @@ def import_auto_lirpa() -> types.ModuleType:
     _patch_node_getitem()
     import auto_LiRPA
 
+    from auto_LiRPA.operators.pooling import BoundMaxPool
+
     _patch_named_members(auto_LiRPA.BoundedModule)
+    _patch_maxpool_alpha_size(BoundMaxPool)
     return auto_LiRPA
 
 

@@ -7,11 +7,11 @@ image box [0, 1]** (the set attacks search too); for ``norm="2"`` it is the whol
 (auto_LiRPA's ℓ2 perturbation takes no box), a superset of the clipped ball, so the
 certificate is sound for both and slightly conservative for ℓ2.
 
-A certified radius is the largest ε whose bound certifies, found by a bracketed
-regula-falsi search (Illinois variant) on the worst margin lower bound m(ε), run in
-log–log coordinates (log of the bound's drop m(0) − m(ε) against log ε), to the
-tolerance ``hi − lo ≤ atol + rtol·lo``: ``lo`` is certified by a bound computed at ε = lo,
-``hi`` is not certified. CROWN evaluations below a failed ε reuse that failed bound's
+A certified radius is the largest ε whose bound certifies, found by a bracketing search on
+the worst margin lower bound m(ε) that models the bound's drop m(0) − m(ε) as a power of ε
+(fitted through the evaluations nearest the radius, see ``_next_eps``) and bisects when
+the bracket stalls, to the tolerance ``hi − lo ≤ atol + rtol·lo``: ``lo`` is certified
+by a bound computed at ε = lo, ``hi`` is not certified. CROWN evaluations below a failed ε reuse that failed bound's
 intermediate bounds, valid for every smaller ε (the ball is nested), only to skip
 neurons they prove stable (auto_LiRPA's ``aux_reference_bounds``), never to tighten.
 
@@ -127,7 +127,8 @@ class Certifier:
         method: a key of :data:`METHODS`.
         batch_size: examples per bound call (the traced shape).
         x_clean: one clean input, needed to unroll an adaptive solver.
-        bound_opts: auto_LiRPA options (default ``{"conv_mode": "patches"}``).
+        bound_opts: auto_LiRPA options (default ``{"conv_mode": "patches"}``; α-CROWN:
+            matrix mode and dense slopes, which the given options override).
         engine: for ``crown``: ``"auto"`` uses :mod:`verify.crown` (the same bounds as
             auto_LiRPA's CROWN, computed on a dense graph, several times faster) whenever
             the model has a dense affine–ReLU form and auto_LiRPA otherwise (e.g. max
@@ -157,9 +158,12 @@ class Certifier:
         self.search_ratios: list[float] = []
         self.bound_opts = dict(bound_opts) if bound_opts is not None else {"conv_mode": "patches"}
         if self.method == "alpha-crown":
-            # auto_LiRPA 0.3's sparse slope tensors fail to scatter back ("shape mismatch" in
-            # reconstruct_full_alpha) on some unstable sets; dense slopes give the same bounds.
-            self.bound_opts = {"sparse_features_alpha": False, "sparse_spec_alpha": False, **self.bound_opts}
+            # auto_LiRPA 0.3's α-CROWN fails in "patches" mode (an assertion through max-pooling,
+            # "'Patches' object has no attribute 'size'" on ResNets) and its sparse slope tensors fail
+            # to scatter back ("shape mismatch" in reconstruct_full_alpha) on some unstable sets:
+            # dense matrices and dense slopes give the same bounds.
+            self.bound_opts = {"conv_mode": "matrix", "sparse_features_alpha": False, "sparse_spec_alpha": False,
+                               **(bound_opts or {})}
         self._crown: Crown | None = None
         if self.method == "crown" and engine == "auto" and bound_opts is None:
             try:
@@ -294,14 +298,9 @@ class Certifier:
         if self.method == "lipschitz":
             r = min(m0 / self._lipschitz_constant(), eps_max)
             return RadiusResult(r, r if r < eps_max else math.inf, 0, time.perf_counter() - start, ((0.0, m0),))
-        # The search runs on g(ε) = log((m0 − m(ε)) / m0) against u = log ε: the bound's drop
-        # m0 − m(ε) grows like a power of ε (exponent ~2–4 near the radius as neurons become
-        # unstable), so g is close to linear in u and its root, m(ε) = 0, is found by regula
-        # falsi there (Illinois variant), where a linear search in ε crawls.
-        lo, g_lo, hi, g_hi = 0.0, -math.inf, math.inf, math.inf
+        lo, hi = 0.0, math.inf
         ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         history: list[tuple[float, float]] = [(0.0, m0)]
-        side = 0
         if not (guess and guess > 0):
             ratios = sorted(self.search_ratios)
             guess = 1.25 * m0 * ratios[len(ratios) // 2] if ratios else eps_max / 8
@@ -309,40 +308,63 @@ class Certifier:
         while len(history) - 1 < max_evals:
             m = float(self.margins(x, y, eps, ref if eps < hi else None).min())
             history.append((eps, m))
-            g = math.log(max(m0 - m, 1e-12 * m0) / m0)
             if m > 0:
-                lo, g_lo = eps, g
-                g_hi = g_hi / 2 if side == 1 else g_hi  # Illinois: halve the stale end
-                side = 1
+                lo = eps
             else:
-                hi, g_hi = eps, g
+                hi = eps
                 if self._crown is not None:
                     # Only the dense engine uses reference bounds purely to pick the neurons to
                     # bound; auto_LiRPA 0.3 also bounds MaxPool with them, which loosens its CROWN
                     # bounds below IBP's (LeNet-5: no radius at all).
                     ref = self.reference()
-                g_lo = g_lo / 2 if side == -1 else g_lo
-                side = -1
-            if math.isinf(hi):
-                if lo >= eps_max:
-                    break
-                eps = min(2 * lo, eps_max)
-                continue
-            tol = atol + rtol * lo
-            if hi - lo <= tol:
+            if lo >= eps_max or hi - lo <= atol + rtol * lo:
                 break
-            if lo > 0 and math.isfinite(g_lo):
-                u_lo, u_hi = math.log(lo), math.log(hi)
-                u = u_lo + (u_hi - u_lo) * g_lo / (g_lo - g_hi)
-                # Keep clear of the ends so that a stalled side still shrinks the bracket.
-                u = min(max(u, u_lo + 0.02 * (u_hi - u_lo)), u_hi - 0.02 * (u_hi - u_lo))
-                eps = math.exp(u)
-            else:
-                eps = hi * math.exp(-g_hi / DROP_EXPONENT)  # nothing certified yet: assume a power law
-            eps = min(max(eps, lo + 0.5 * tol), hi - 0.5 * tol)
+            eps = _next_eps(history, lo, hi, rtol, atol, eps_max)
+            same = [e for e, _ in history[-3:]]
+            if math.isfinite(hi) and len(history) > 3 and (all(e <= lo for e in same) or all(e >= hi for e in same)):
+                # three evaluations in a row on one side of the radius: the model misleads, bisect
+                eps = math.sqrt(lo * hi) if lo > 0 else hi / 2
         if lo > 0 and math.isfinite(hi):
             self.search_ratios.append(lo / m0)
         return RadiusResult(lo, hi, len(history) - 1, time.perf_counter() - start, tuple(history))
+
+
+def _next_eps(history: list[tuple[float, float]], lo: float, hi: float, rtol: float, atol: float,
+              eps_max: float) -> float:
+    """The next ε of the radius search, from the (ε, worst margin bound) pairs so far.
+
+    The bound's drop d(ε) = m(0) − m(ε) grows like a power of ε (exponent ~2–4 near the
+    radius, where neurons turn unstable), so log d is close to linear in log ε. The line
+    through the two evaluated points nearest the radius (the bracket's ends when there is
+    one; slope ``DROP_EXPONENT`` through a single point) predicts the radius r where
+    d(r) = m(0). The next ε lies 0.4·tol beside r, on the side that lets the following
+    evaluation close the bracket to the tolerance tol = atol + rtol·r.
+    """
+    m0 = history[0][1]
+    points = history[1:]
+    ok = sorted(p for p in points if p[1] > 0)
+    bad = sorted(p for p in points if p[1] <= 0)
+    if ok and bad:
+        a, b = ok[-1], bad[0]
+    elif bad:
+        a, b = (bad[1] if len(bad) > 1 else None), bad[0]
+    else:
+        a, b = (ok[-2] if len(ok) > 1 else None), ok[-1]
+
+    def log_drop(m: float) -> float:
+        return math.log(max(m0 - m, 1e-12 * m0))
+
+    p = DROP_EXPONENT
+    if a is not None and a[0] != b[0]:
+        p = min(max((log_drop(b[1]) - log_drop(a[1])) / math.log(b[0] / a[0]), 1.0), 8.0)
+    r = b[0] * math.exp((math.log(m0) - log_drop(b[1])) / p)
+    tol = atol + rtol * r
+    if math.isinf(hi):
+        return min(r + 0.4 * tol, 10 * lo, eps_max)  # above r: a failure there brings reference bounds
+    below = lo == 0 or hi - r <= r - lo  # the radius looks closer to the failed end: land just below it
+    eps = r - 0.4 * tol if below else r + 0.4 * tol
+    margin = 0.1 * (atol + rtol * lo)
+    return min(max(eps, lo + margin), hi - margin)
 
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf",

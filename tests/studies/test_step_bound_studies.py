@@ -111,9 +111,9 @@ def test_bound_vs_attack_tables(bound_run: tuple[StudyReport, Path]) -> None:
     alpha = _col(radii, "median r α-CROWN")
     rows = {r[0]: r for r in radii.rows}
     assert rows["ode"][alpha] is None and rows["mlp"][alpha] is not None
-    # every skipped α-CROWN cell says why: too slow on `ode`, auto_LiRPA 0.3 failing on LeNet-5
+    # every skipped α-CROWN cell says why: too slow on `ode`, and in quick mode on LeNet-5
     assert "`ode`: run on 0 of 2 examples: not run" in radii.note
-    assert rows["lenet5"][alpha] is None and "`lenet5`: run on 0 of 2 examples: auto_LiRPA 0.3 fails" in radii.note
+    assert rows["lenet5"][alpha] is None and "`lenet5`: run on 0 of 2 examples: not run in quick mode" in radii.note
     assert [r[0] for r in growth.rows] == ["ode", "resnet"]
     for fig in report.figures:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"

@@ -56,3 +56,20 @@ def test_end_to_end_bound_contains_the_output():
     for _ in range(50):
         out = net((x + 0.05 * (2 * torch.rand_like(x) - 1))).detach()
         assert (out >= lb - 1e-6).all() and (out <= ub + 1e-6).all()
+
+
+def test_alpha_crown_through_maxpool_is_sound_and_no_looser_than_crown():
+    torch.manual_seed(0)
+    # the convolution after the pooling is a start node whose size is a torch.Size
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(3 * 3 * 3, 4)).eval()
+    x = torch.rand(1, 1, 6, 6)
+    bm = lirpa.BoundedModule(net, torch.zeros_like(x), bound_opts={"conv_mode": "matrix"}, device="cpu")
+    ptb = lirpa.PerturbationLpNorm(norm=float("inf"), eps=0.1)
+    crown, _ = bm.compute_bounds(x=(lirpa.BoundedTensor(x, ptb),), method="backward", bound_upper=False)
+    alpha, _ = bm.compute_bounds(x=(lirpa.BoundedTensor(x, ptb),), method="CROWN-Optimized", bound_upper=False)
+    assert (alpha.detach() >= crown - 1e-5).all()
+    for _ in range(100):
+        out = net(x + 0.1 * (2 * torch.rand_like(x) - 1)).detach()
+        assert (out >= alpha.detach() - 1e-5).all()
