@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
+# Two entry points for a fresh machine: `make demo` (the main job: certified vs empirical
+# radii of 100 held-out examples of the zoo ODE-net; re-running it resumes) and `make test`.
 # Both create the project-local virtual environment .venv and install what is missing.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m models eval ode --train-missing
+	$(PY) -m verify certify --model ode --jobs 2 --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

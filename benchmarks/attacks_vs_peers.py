@@ -77,7 +77,8 @@ def _timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[torch.Tensor, 
     return out.detach(), best
 
 
-def bench_model(name: str, n: int, repeats: int, boundary_steps: int, cw: dict[str, Any]) -> dict[str, Any]:
+def bench_model(name: str, n: int, repeats: int, boundary_steps: int, cw: dict[str, Any],
+                attacks: tuple[str, ...] = ("pgd", "cw", "boundary")) -> dict[str, Any]:
     import foolbox as fb
 
     ta_pgd, ta_how = _import_torchattacks()
@@ -86,7 +87,20 @@ def bench_model(name: str, n: int, repeats: int, boundary_steps: int, cw: dict[s
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
     out: dict[str, Any] = {"model": name, "n": n, "torchattacks_import": ta_how}
 
-    # --- PGD-40, L∞, ε = 0.3, step 0.01, random start (Madry et al.'s MNIST setting).
+    if "pgd" in attacks:
+        out["pgd"] = _bench_pgd(model, fmodel, ta_pgd, x, y, repeats)
+    if "cw" in attacks:
+        out["cw"] = _bench_cw(model, fmodel, x, y, cw)
+    if "boundary" in attacks:
+        out["boundary"] = _bench_boundary(model, x, y, boundary_steps)
+    return out
+
+
+def _bench_pgd(model: nn.Module, fmodel: Any, ta_pgd: Any, x: torch.Tensor, y: torch.Tensor, repeats: int
+               ) -> dict[str, Any]:
+    """PGD-40, L∞, ε = 0.3, step 0.01, random start (Madry et al.'s MNIST setting), best of interleaved repeats."""
+    import foolbox as fb
+
     eps, steps, alpha = 0.3, 40, 0.01
     runs = {
         "ours": lambda: PGD(model, eps, steps=steps, step_size=alpha, seed=0)(x, y).x_adv,
@@ -102,22 +116,31 @@ def bench_model(name: str, n: int, repeats: int, boundary_steps: int, cw: dict[s
             adv, t = _timed(fn, 1)
             times[key] = min(times[key], t)
             advs[key] = adv
-    out["pgd"] = {k: {"seconds": times[k], **_score(model, x, y, advs[k])} for k in runs}
+    res: dict[str, Any] = {k: {"seconds": times[k], **_score(model, x, y, advs[k])} for k in runs}
     for peer in ("torchattacks", "foolbox"):
         for ours in ("ours", "ours_early_stop"):
-            out["pgd"][f"ratio_{ours}_vs_{peer}"] = times[ours] / times[peer]
+            res[f"ratio_{ours}_vs_{peer}"] = times[ours] / times[peer]
+    return res
 
-    # --- CW-L2, same hyper-parameters on both sides.
+
+def _bench_cw(model: nn.Module, fmodel: Any, x: torch.Tensor, y: torch.Tensor, cw: dict[str, Any]) -> dict[str, Any]:
+    """CW-L2, same hyper-parameters on both sides."""
+    import foolbox as fb
+
     ours_cw, t_ours = _timed(lambda: CW(model, steps=cw["steps"], binary_search_steps=cw["binary_search_steps"],
                                         initial_const=cw["initial_const"], lr=cw["lr"])(x, y).x_adv, 1)
     fb_cw, t_fb = _timed(lambda: fb.attacks.L2CarliniWagnerAttack(
         binary_search_steps=cw["binary_search_steps"], steps=cw["steps"], stepsize=cw["lr"],
         initial_const=cw["initial_const"], abort_early=True)(fmodel, x, y, epsilons=None)[1], 1)
     s_ours, s_fb = _score(model, x, y, ours_cw), _score(model, x, y, fb_cw)
-    out["cw"] = {"params": cw, "ours": {"seconds": t_ours, **s_ours}, "foolbox": {"seconds": t_fb, **s_fb},
-                 "median_l2_ratio": s_ours["median_l2"] / s_fb["median_l2"], "time_ratio": t_ours / t_fb}
+    return {"params": cw, "ours": {"seconds": t_ours, **s_ours}, "foolbox": {"seconds": t_fb, **s_fb},
+            "median_l2_ratio": s_ours["median_l2"] / s_fb["median_l2"], "time_ratio": t_ours / t_fb}
 
-    # --- Boundary Attack at the query budget foolbox spends (its init attack included).
+
+def _bench_boundary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, boundary_steps: int) -> dict[str, Any]:
+    """Boundary Attack at the query budget foolbox spends (its init attack included)."""
+    import foolbox as fb
+
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     xs, ys = x[correct], y[correct]
@@ -139,12 +162,10 @@ def bench_model(name: str, n: int, repeats: int, boundary_steps: int, cw: dict[s
     queries = init_queries + counter.rows / xs.shape[0]
     res = BoundaryAttack(model, max_queries=int(queries), seed=0)(xs, ys)
     s_ours, s_fb = _score(model, xs, ys, res.x_adv), _score(model, xs, ys, fb_b)
-    out["boundary"] = {"examples": int(xs.shape[0]), "foolbox_steps": boundary_steps,
-                       "queries_per_example_foolbox": queries,
-                       "queries_per_example_ours_max": int(res.queries.max()),
-                       "ours": {"seconds": res.seconds, **s_ours}, "foolbox": {"seconds": t_fb, **s_fb},
-                       "median_l2_ratio": s_ours["median_l2"] / s_fb["median_l2"]}
-    return out
+    return {"examples": int(xs.shape[0]), "foolbox_steps": boundary_steps, "queries_per_example_foolbox": queries,
+            "queries_per_example_ours_max": int(res.queries.max()),
+            "ours": {"seconds": res.seconds, **s_ours}, "foolbox": {"seconds": t_fb, **s_fb},
+            "median_l2_ratio": s_ours["median_l2"] / s_fb["median_l2"]}
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -152,20 +173,23 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["model"]
-        p = r["pgd"]
-        for side in ("ours", "ours_early_stop", "torchattacks", "foolbox"):
+        p = r.get("pgd", {})
+        for side in ("ours", "ours_early_stop", "torchattacks", "foolbox") if p else ():
             ratio = ""
             if side.startswith("ours"):
                 ratio = (f"{p[f'ratio_{side}_vs_torchattacks']:.2f} (ta), "
                          f"{p[f'ratio_{side}_vs_foolbox']:.2f} (fb)")
             lines.append(f"| {m} | PGD-40 L∞ 0.3 | {side} | {p[side]['success']:.3f} | {p[side]['median_l2']:.3f} | "
                          f"{p[side]['seconds']:.2f} | {ratio} |")
-        c = r["cw"]
-        lines.append(f"| {m} | CW-L2 | ours | {c['ours']['success']:.3f} | {c['ours']['median_l2']:.3f} | "
-                     f"{c['ours']['seconds']:.2f} | L2 {c['median_l2_ratio']:.3f}, time {c['time_ratio']:.2f} |")
-        lines.append(f"| {m} | CW-L2 | foolbox | {c['foolbox']['success']:.3f} | {c['foolbox']['median_l2']:.3f} | "
-                     f"{c['foolbox']['seconds']:.2f} | |")
-        b = r["boundary"]
+        c = r.get("cw")
+        if c:
+            lines.append(f"| {m} | CW-L2 | ours | {c['ours']['success']:.3f} | {c['ours']['median_l2']:.3f} | "
+                         f"{c['ours']['seconds']:.2f} | L2 {c['median_l2_ratio']:.3f}, time {c['time_ratio']:.2f} |")
+            lines.append(f"| {m} | CW-L2 | foolbox | {c['foolbox']['success']:.3f} | {c['foolbox']['median_l2']:.3f} | "
+                         f"{c['foolbox']['seconds']:.2f} | |")
+        b = r.get("boundary")
+        if not b:
+            continue
         q = b["queries_per_example_foolbox"]
         lines.append(f"| {m} | Boundary ({q:.0f} queries, {b['examples']} ex.) | ours | {b['ours']['success']:.3f} | "
                      f"{b['ours']['median_l2']:.3f} | {b['ours']['seconds']:.2f} | L2 {b['median_l2_ratio']:.3f} |")
@@ -185,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cw-steps", type=int, default=100)
     parser.add_argument("--cw-binary-steps", type=int, default=5)
     parser.add_argument("--tag", default="attacks_vs_peers")
+    parser.add_argument("--attacks", nargs="+", choices=["pgd", "cw", "boundary"], default=["pgd", "cw", "boundary"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cw = {"steps": args.cw_steps, "binary_search_steps": args.cw_binary_steps, "initial_const": 1.0, "lr": 0.1}
     rows = []
     for name in args.models:
-        rows.append(bench_model(name, args.n, args.repeats, args.boundary_steps, cw))
+        rows.append(bench_model(name, args.n, args.repeats, args.boundary_steps, cw, tuple(args.attacks)))
         print(json.dumps(rows[-1], indent=1), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"torch_threads": 1, "torch": torch.__version__, "args": vars(args)}

@@ -8,7 +8,7 @@ import sys
 
 from models.cli_support import resolve_device
 
-from .run import ALL_METHODS, DEFAULT_EPS, certify_run, parse_shard
+from .run import ALL_METHODS, DEFAULT_EPS, RunConfigError, certify_parallel, certify_run, parse_shard
 
 
 def _eps(text: str) -> float:
@@ -27,7 +27,7 @@ def _positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
     if v < 1:
-        raise argparse.ArgumentTypeError(f"--n must be >= 1, got {v}")
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
 
 
@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/certify-<model>-<norm>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard", default=None, help="k/N: certify examples i with i %% N == k-1")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="worker processes on this machine (shards merged at the end); not with --shard")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-attack", action="store_true", help="skip the empirical radius and soundness check")
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from models.zoo import resolve
 
     shard = parse_shard(args.shard)
+    if args.jobs > 1 and args.shard is not None:
+        raise RunConfigError("--jobs runs every shard on this machine: give --jobs or --shard, not both")
     resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, meta = resolve(args.model, args.device)
@@ -66,9 +70,15 @@ def run(args: argparse.Namespace) -> int:
     eps = list(args.eps or DEFAULT_EPS[args.norm])
     config = {"model": args.model, "arch": meta.get("arch"), "norm": args.norm, "methods": methods, "n": args.n,
               "eps": eps, "seed": args.seed, "attack": not args.no_attack, "dataset": "mnist-t10k/test"}
+    if args.jobs > 1:
+        config["jobs"] = args.jobs  # a resumed run must use the same shards
     out = args.out or f"runs/certify-{args.model.replace('/', '_')}-{args.norm}"
-    summary = certify_run(model, x, y, out, methods, args.norm, config, eps, shard, args.resume, args.seed,
-                          not args.no_attack)
+    if args.jobs > 1:
+        summary = certify_parallel(model, x, y, out, methods, args.norm, config, eps, args.jobs, args.resume,
+                                   args.seed, not args.no_attack)
+    else:
+        summary = certify_run(model, x, y, out, methods, args.norm, config, eps, shard, args.resume, args.seed,
+                              not args.no_attack)
     print(summary["table"])
     mem = summary.get("peak_memory", {})
     print("peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))

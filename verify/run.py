@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import resource
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +180,8 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
             if res.radius > 0 and math.isfinite(res.upper):
                 ratios[m].append(res.radius / m0)
             rec["methods"][m] = {"radius": res.radius, "upper": None if math.isinf(res.upper) else res.upper,
-                                 "evaluations": res.evaluations, "seconds": res.seconds, "margin0": m0}
+                                 "evaluations": res.evaluations, "seconds": res.seconds, "margin0": m0,
+                                 "margins": [list(p) for p in res.margins]}
             rec["ratio"][m] = ratio(res.radius, emp)
             if cert.unrolled.adaptive:
                 rec["unrolled"] = cert.unrolled.description
@@ -191,6 +194,69 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
         if on_record is not None:
             on_record(rec)
     return write_summary(out, read_records(path), methods, eps_list, shard)
+
+
+def _shard_worker(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str, kwargs: dict[str, Any],
+                  threads: int) -> int:
+    """One worker of :func:`certify_parallel`: its shard, resumed, without a progress bar."""
+    torch.set_num_threads(threads)
+    certify_run(model, x, y, out, resume=True, progress=False, **kwargs)
+    return 0
+
+
+def certify_parallel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | os.PathLike[str],
+                     methods: Sequence[str], norm: str, config: dict[str, Any], eps_list: Sequence[float] | None = None,
+                     jobs: int = 2, resume: bool = False, seed: int = 0, attack: bool = True,
+                     progress: bool = True) -> dict[str, Any]:
+    """:func:`certify_run` on ``jobs`` processes: worker k certifies shard k/jobs, then the shards are merged.
+
+    Each worker runs with ``cpu_count // jobs`` torch threads and appends to its own
+    ``results-k-of-jobs.jsonl``, so an interrupted run resumes (``resume=True``, same ``jobs``)
+    without losing or repeating an example; ``results.jsonl`` and the summary are the merge.
+
+    Args:
+        model, x, y, out, methods, norm, config, eps_list, seed, attack: as for :func:`certify_run`.
+        jobs: number of worker processes (1: plain :func:`certify_run`).
+        resume: continue an interrupted run.
+        progress: a tqdm bar over all examples.
+
+    Returns:
+        the merged summary.
+
+    Raises:
+        RunConfigError: ``jobs`` < 1, an existing run without ``resume`` or with another configuration.
+        CertifyError: bad norm or method.
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise RunConfigError(f"jobs must be a positive integer, got {jobs!r}")
+    kwargs: dict[str, Any] = {"methods": list(methods), "norm": norm, "config": config, "eps_list": eps_list,
+                              "seed": seed, "attack": attack}
+    if jobs == 1:
+        return certify_run(model, x, y, out, resume=resume, progress=progress, **kwargs)
+    for m in methods:
+        check_method(m)
+    check_norm(norm)
+    out = Path(out)
+    _prepare(out, config, resume)
+    paths = [results_path(out, (k, jobs)) for k in range(1, jobs + 1)]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    from tqdm import tqdm
+
+    def finished() -> int:
+        return sum(len(read_records(p)) for p in paths)
+
+    # spawn, not fork: a forked child inherits torch's thread pools and may deadlock in them
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_shard_worker, model, x, y, str(out), {**kwargs, "shard": (k, jobs)}, threads)
+                   for k in range(1, jobs + 1)]
+        with tqdm(total=x.shape[0], initial=finished(), desc=f"certify {norm} ({jobs} jobs)",
+                  disable=not progress) as bar:
+            while not all(f.done() for f in futures):
+                time.sleep(1.0)
+                bar.update(finished() - bar.n)
+        for f in futures:
+            f.result()  # re-raises a worker's exception
+    return write_summary(out, _join_shards(out), methods, tuple(eps_list or DEFAULT_EPS[check_norm(norm)]))
 
 
 def write_summary(out: Path, records: list[dict[str, Any]], methods: Sequence[str], eps_list: Sequence[float],
@@ -219,6 +285,11 @@ def merge_run(out: str | os.PathLike[str]) -> dict[str, Any]:
     if not cfg_path.exists():
         raise RunConfigError(f"{out} is not a certification run directory (no config.json)")
     config = json.loads(cfg_path.read_text())
+    return write_summary(out, _join_shards(out), config["methods"], config["eps"])
+
+
+def _join_shards(out: Path) -> list[dict[str, Any]]:
+    """The records of every shard in ``out``, checked and written to ``results.jsonl``."""
     shards = sorted(out.glob("results-*-of-*.jsonl"))
     if not shards:
         raise RunConfigError(f"no shard files results-k-of-N.jsonl in {out}")
@@ -240,8 +311,9 @@ def merge_run(out: str | os.PathLike[str]) -> dict[str, Any]:
     with open(merged, "w") as f:
         for i in sorted(records):
             f.write(json.dumps(records[i]) + "\n")
-    return write_summary(out, list(records.values()), config["methods"], config["eps"])
+    return list(records.values())
 
 
-__all__ = ["ALL_METHODS", "DEFAULT_EPS", "EPS_MAX", "METHODS", "RunConfigError", "certify_run", "merge_run",
+__all__ = ["ALL_METHODS", "DEFAULT_EPS", "EPS_MAX", "METHODS", "RunConfigError", "certify_parallel", "certify_run",
+           "merge_run",
            "parse_shard", "read_records", "results_path", "write_summary"]

@@ -1,13 +1,14 @@
 """The certify run: JSONL per example, resume after an interruption, merge, plot, CLI errors."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from models import ODENet, SolverConfig
 from verify.cli import main
-from verify.run import RunConfigError, certify_run, merge_run, read_records
+from verify.run import RunConfigError, certify_parallel, certify_run, merge_run, read_records
 
 
 class _Stop(Exception):
@@ -87,11 +88,33 @@ def test_plot_draws_figures(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_parallel_jobs_cover_every_example_once_and_resume(tmp_path):
+    net, x, y = _setup()
+    kw = dict(methods=["crown"], norm="inf", config=CONFIG, eps_list=[0.01], attack=False, progress=False)
+    certify_run(net, x, y, tmp_path / "one", **kw)
+    one = {r["index"]: r for r in read_records(tmp_path / "one" / "results.jsonl")}
+    summary = certify_parallel(net, x, y, tmp_path / "two", jobs=2, **kw)
+    two = {r["index"]: r for r in read_records(tmp_path / "two" / "results.jsonl")}
+    assert sorted(two) == list(range(4)) and summary["n"] == 4
+    assert {r["index"] for r in read_records(tmp_path / "two" / "results-1-of-2.jsonl")} == {0, 2}
+    for i, r in one.items():  # both searches bracket the same threshold
+        a, b = r["methods"]["crown"], two[i]["methods"]["crown"]
+        assert two[i]["correct"] == r["correct"]
+        assert max(a["radius"], b["radius"]) <= min(a["upper"] or math.inf, b["upper"] or math.inf)
+    before = (tmp_path / "two" / "results-2-of-2.jsonl").read_text()
+    certify_parallel(net, x, y, tmp_path / "two", jobs=2, resume=True, **kw)  # nothing left to do
+    assert (tmp_path / "two" / "results-2-of-2.jsonl").read_text() == before
+    with pytest.raises(RunConfigError, match="already holds a run"):
+        certify_parallel(net, x, y, tmp_path / "two", jobs=2, **kw)
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["certify", "--model", "ode", "--norm", "1"], "invalid choice"),
     (["certify", "--model", "ode", "--method", "deepz"], "invalid choice"),
     (["certify", "--model", "ode", "--eps", "-1"], "eps must be a positive number"),
-    (["certify", "--model", "ode", "--n", "0"], "--n must be >= 1"),
+    (["certify", "--model", "ode", "--n", "0"], "argument --n: must be >= 1"),
+    (["certify", "--model", "ode", "--jobs", "0"], "argument --jobs: must be >= 1"),
+    (["certify", "--model", "ode", "--jobs", "2", "--shard", "1/2"], "--jobs or --shard, not both"),
     (["certify", "--model", "ode", "--shard", "3/2"], "1 <= k <= N"),
     (["certify", "--model", "no-such-model"], "no-such-model"),
     (["merge", "/nonexistent-run-dir"], "not a certification run directory"),
