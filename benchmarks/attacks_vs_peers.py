@@ -111,8 +111,10 @@ def _bench_pgd(model: nn.Module, fmodel: Any, ta_pgd: Any, x: torch.Tensor, y: t
     }
     times: dict[str, float] = {k: float("inf") for k in runs}
     advs: dict[str, torch.Tensor] = {}
-    for _ in range(repeats):  # interleaved, so load changes hit every side alike
-        for key, fn in runs.items():
+    keys = list(runs)
+    for r in range(repeats):  # interleaved in a rotating order, so load changes and warm-up hit every side alike
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            fn = runs[key]
             adv, t = _timed(fn, 1)
             times[key] = min(times[key], t)
             advs[key] = adv
