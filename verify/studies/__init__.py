@@ -69,7 +69,7 @@ def run_study(name: str, quick: bool = False, out: str | os.PathLike[str] | None
     ctx = StudyContext(name, out if out is not None else default_out(name, quick), quick, seed, device, n, progress)
     start = time.perf_counter()
     report = module.run(ctx)
-    write_report(report, ctx.out, time.perf_counter() - start)
+    write_report(report, ctx.out, time.perf_counter() - start, ctx.reused)
     return report
 
 

@@ -101,12 +101,15 @@ class StudyReport:
     findings: tuple[str, ...] = ()
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def markdown(self, seconds: float | None = None) -> str:
-        """The full markdown report."""
+    def markdown(self, seconds: float | None = None, reused: int = 0) -> str:
+        """The full markdown report (``reused``: cells read from an earlier run, not timed here)."""
         mode = "quick mode (a smoke-size run, not for reporting)" if self.quick else "full mode"
         cmd = f"python -m verify study {self.name}" + (" --quick" if self.quick else "")
         lines = [f"# {self.title}", "", f"Study `{self.name}`, {mode}; seed: `{self.seed}`. Regenerate: `{cmd}`."]
-        if seconds is not None:
+        if seconds is not None and reused:
+            lines[-1] += (f" Wall time of the last run: {seconds:.0f} s; it read {reused} cells computed by earlier runs "
+                          "from `cells.jsonl`.")
+        elif seconds is not None:
             lines[-1] += f" Wall time: {seconds:.0f} s."
         lines += ["", "## Protocol", ""]
         lines += [f"- **{k}**: {_protocol_text(v)}" for k, v in self.protocol.items()]
@@ -164,6 +167,8 @@ class StudyContext:
         self.out.mkdir(parents=True, exist_ok=True)
         self._cells_path = self.out / "cells.jsonl"
         self._cells: dict[str, Any] = {}
+        #: cells this run read from an earlier run's ``cells.jsonl`` instead of computing them.
+        self.reused = 0
         if self._cells_path.exists():
             for line in self._cells_path.read_text().splitlines():
                 if line.strip():
@@ -190,6 +195,7 @@ class StudyContext:
         written is never recomputed in this output directory.
         """
         if key in self._cells:
+            self.reused += 1
             return self._cells[key]
         value = compute()
         json.dumps(value)  # fail before writing if it is not serialisable
@@ -231,14 +237,16 @@ class StudyContext:
         return model.eval(), meta
 
 
-def write_report(report: StudyReport, out: str | os.PathLike[str], seconds: float | None = None) -> Path:
+def write_report(report: StudyReport, out: str | os.PathLike[str], seconds: float | None = None,
+                 reused: int = 0) -> Path:
     """Write ``<name>.md`` and ``<name>.json`` into ``out``; returns the markdown path."""
     out = Path(out)
     md = out / f"{report.name}.md"
-    md.write_text(report.markdown(seconds))
+    md.write_text(report.markdown(seconds, reused))
     payload = report.to_json()
     if seconds is not None:
         payload["seconds"] = round(seconds, 1)
+        payload["cells_reused"] = reused
     (out / f"{report.name}.json").write_text(json.dumps(payload, indent=1))
     return md
 

@@ -289,7 +289,7 @@ def _figures(ctx: StudyContext, records: dict[str, list[dict[str, Any]]], growth
     axes[0].set_ylabel("certified radius (ℓ∞)")
     handles = [plt.Line2D([], [], ls="", marker=mk, color=c, label=m) for m, (mk, c) in styles.items()]
     handles.append(plt.Line2D([], [], ls="--", color="k", label="y = x (soundness limit)"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.04))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.12))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     names.append(rel)
