@@ -35,8 +35,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.lipbound_speed
-	$(PY) -m benchmarks.attacks_vs_peers
-	$(PY) -m benchmarks.certify_speed
+	$(PY) -m benchmarks.attacks_vs_peers --repeats 3
+	$(PY) -m benchmarks.attacks_vs_peers --attacks pgd --repeats 8 --tag attacks_vs_peers_pgd
+	$(PY) -m benchmarks.certify_speed --n 100 --n-plain 5 --jobs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache
