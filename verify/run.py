@@ -136,6 +136,7 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
     out = Path(out)
     _prepare(out, config, resume)
     path = results_path(out, shard)
+    path.touch()  # an empty shard (more shards than examples) is still a shard that ran
     done = {r["index"] for r in read_records(path)}
     todo = [i for i in range(x.shape[0]) if i % shard[1] == shard[0] - 1 and i not in done]
     adaptive = not getattr(getattr(model, "solver", None), "is_fixed", True)
@@ -213,6 +214,8 @@ def certify_parallel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: st
     Each worker runs with ``cpu_count // jobs`` torch threads and appends to its own
     ``results-k-of-jobs.jsonl``, so an interrupted run resumes (``resume=True``, same ``jobs``)
     without losing or repeating an example; ``results.jsonl`` and the summary are the merge.
+    The workers are spawned processes, which import the calling script again: call this from
+    under ``if __name__ == "__main__":`` in a script (``python -m verify certify --jobs`` needs nothing).
 
     Args:
         model, x, y, out, methods, norm, config, eps_list, seed, attack: as for :func:`certify_run`.

@@ -106,6 +106,7 @@ def test_parallel_jobs_cover_every_example_once_and_resume(tmp_path):
     assert (tmp_path / "two" / "results-2-of-2.jsonl").read_text() == before
     with pytest.raises(RunConfigError, match="already holds a run"):
         certify_parallel(net, x, y, tmp_path / "two", jobs=2, **kw)
+    assert certify_parallel(net, x[:2], y[:2], tmp_path / "three", jobs=3, **kw)["n"] == 2  # one shard is empty
 
 
 @pytest.mark.parametrize("argv,msg", [
