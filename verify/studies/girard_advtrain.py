@@ -29,11 +29,14 @@ from .girard_attacks import (
     SEED_TABLE,
     ModelPlan,
     attack_cells,
+    attack_columns,
+    attack_row,
     bar_figure,
     checks_text,
     detail_table,
     examples_figure,
-    seed_cell,
+    plan_protocol,
+    reports,
     seed_format,
 )
 
@@ -163,15 +166,9 @@ def run(ctx: StudyContext) -> StudyReport:
         seed_row = _seed_row(plan)
         clean = cells[plan.name]["fgsm"]["report"]["clean_accuracy"]
         natural = seed_row.get("natural") if seed_row else None
-        row: list[Any] = [plan.label, plan.name, cells[plan.name]["fgsm"]["report"]["n"],
-                          seed_format(None, clean), None if natural is None else f"–/{natural:.2f}%"]
-        for kind in ATTACK_KINDS:
-            r = cells[plan.name][kind]["report"]
-            row += [seed_format(r["mean_l2"], r["robust_accuracy"]), seed_cell(seed_row, kind)]
-        rows.append(tuple(row))
-    columns = ("model", "zoo", "n", "Natural", "Natural, seed 000")
-    for kind in ATTACK_KINDS:
-        columns += (ATTACK_LABELS[kind], f"{ATTACK_LABELS[kind]}, seed 000")
+        rows.append((plan.label, plan.name, cells[plan.name]["fgsm"]["report"]["n"], seed_format(None, clean),
+                     None if natural is None else f"–/{natural:.2f}%", *attack_row(cells[plan.name], seed_row)))
+    columns = ("model", "zoo", "n", "Natural", "Natural, seed 000", *attack_columns())
     main = Table("Mean L2 / accuracy of PGD-trained models (seed's format), ours next to the seed's", columns,
                  tuple(rows), note=f"Seed columns: {SEED_SOURCE}. C&W n may be smaller than the FGSM/PGD n; see "
                                    "the detail table.")
@@ -192,8 +189,7 @@ def run(ctx: StudyContext) -> StudyReport:
             examples_figure(ctx, plans[:2], cells, "examples"))
     protocol = {
         "data": DATA_PROTOCOL,
-        "n": {p.name: {"FGSM/PGD": p.n, "C&W": p.n_cw, "validity checks": p.check_n} for p in plans},
-        "models": {p.name: zoo.PRESETS[p.name].description for p in plans},
+        **plan_protocol(plans),
         "adversarial training": {p.name: zoo.PRESETS[p.name].recipe.__dict__ for p in plans[:2]},
         "attacks": settings.describe() | {"PGD, stronger": f"{steps} steps of α=2.5ε/steps, {restarts} random "
                                                                    "restarts, best per example (PGD-trained models)"},
@@ -201,8 +197,7 @@ def run(ctx: StudyContext) -> StudyReport:
                               "images after the attack; Natural: clean accuracy on the same n images",
         "seed": ctx.seed,
     }
-    data = {p.name: {k: cells[p.name][k]["report"] for k in ATTACK_KINDS} for p in plans}
-    data["strong_pgd"] = strong
+    data = reports(plans, cells) | {"strong_pgd": strong}
     return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol, (main, sens, detail), figs,
                        tuple(findings(plans, cells, strong)), data)
 

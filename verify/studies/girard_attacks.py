@@ -202,6 +202,31 @@ def seed_format(mean_l2: float | None, accuracy: float | None) -> str:
     return f"{l2}/{acc}"
 
 
+def attack_columns() -> tuple[str, ...]:
+    """Columns of the seed-format cells: for each attack, ours and then the seed's."""
+    return tuple(c for kind in ATTACK_KINDS for c in (ATTACK_LABELS[kind], f"{ATTACK_LABELS[kind]}, seed 000"))
+
+
+def attack_row(cells: dict[str, dict[str, Any]], seed_row: dict[str, tuple[float, float]] | None) -> list[str | None]:
+    """One model's seed-format cells ("mean L2 / accuracy"), in :func:`attack_columns` order."""
+    out: list[str | None] = []
+    for kind in ATTACK_KINDS:
+        r = cells[kind]["report"]
+        out += [seed_format(r["mean_l2"], r["robust_accuracy"]), seed_cell(seed_row, kind)]
+    return out
+
+
+def plan_protocol(plans: Sequence[ModelPlan]) -> dict[str, Any]:
+    """The protocol entries that describe the evaluated models: n per attack and the zoo recipe."""
+    return {"n": {p.name: {"FGSM/PGD": p.n, "C&W": p.n_cw, "validity checks": p.check_n} for p in plans},
+            "models": {p.name: zoo.PRESETS[p.name].description for p in plans}}
+
+
+def reports(plans: Sequence[ModelPlan], cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Every attack report per model, for the study's JSON."""
+    return {p.name: {k: cells[p.name][k]["report"] for k in ATTACK_KINDS} for p in plans}
+
+
 def seed_cell(seed_row: dict[str, tuple[float, float]] | None, kind: str) -> str | None:
     """The seed's reported "mean L2 / accuracy" for ``kind`` (None where it has no row)."""
     if seed_row is None or kind not in seed_row:
@@ -383,16 +408,10 @@ def run(ctx: StudyContext) -> StudyReport:
     cells = attack_cells(ctx, plans, settings)
     rows = []
     for plan in plans:
-        row: list[Any] = [plan.label, plan.name, cells[plan.name]["fgsm"]["report"]["n"],
-                          round(100 * cells[plan.name]["fgsm"]["report"]["clean_accuracy"], 2)]
-        for kind in ATTACK_KINDS:
-            r = cells[plan.name][kind]["report"]
-            row += [seed_format(r["mean_l2"], r["robust_accuracy"]),
-                    seed_cell(SEED_TABLE.get(plan.seed_row or ""), kind)]
-        rows.append(tuple(row))
-    columns = ("model", "zoo", "n", "clean acc %")
-    for kind in ATTACK_KINDS:
-        columns += (ATTACK_LABELS[kind], f"{ATTACK_LABELS[kind]}, seed 000")
+        fgsm = cells[plan.name]["fgsm"]["report"]
+        rows.append((plan.label, plan.name, fgsm["n"], round(100 * fgsm["clean_accuracy"], 2),
+                     *attack_row(cells[plan.name], SEED_TABLE.get(plan.seed_row or ""))))
+    columns = ("model", "zoo", "n", "clean acc %", *attack_columns())
     main = Table("Mean L2 / accuracy under attack (seed's format), ours next to the seed's", columns, tuple(rows),
                  note=f"Seed columns: {SEED_SOURCE} (\"classical mnist\" for LeNet-5, \"ODE mnist\" for both "
                       "ODE-nets). C&W n may be smaller than the FGSM/PGD n; see the detail table.")
@@ -402,8 +421,7 @@ def run(ctx: StudyContext) -> StudyReport:
             examples_figure(ctx, plans, cells, "examples"))
     protocol = {
         "data": DATA_PROTOCOL,
-        "n": {p.name: {"FGSM/PGD": p.n, "C&W": p.n_cw, "validity checks": p.check_n} for p in plans},
-        "models": {p.name: zoo.PRESETS[p.name].description for p in plans},
+        **plan_protocol(plans),
         "attacks": settings.describe(),
         "mean L2 / accuracy": "mean ‖x_adv − x‖₂ over successful adversarial examples / accuracy on the n "
                               "images after the attack (clean errors count as errors)",
@@ -411,11 +429,11 @@ def run(ctx: StudyContext) -> StudyReport:
                   "no adjoint)",
         "seed": ctx.seed,
     }
-    data = {p.name: {k: cells[p.name][k]["report"] for k in ATTACK_KINDS} for p in plans}
     return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol, (main, detail), figs, tuple(findings(plans, cells)),
-                       data)
+                       reports(plans, cells))
 
 
 __all__ = ["ATTACK_KINDS", "ATTACK_LABELS", "FULL_SETTINGS", "NAME", "QUICK_SETTINGS", "SEED", "SEED_TABLE",
-           "TITLE", "AttackSettings", "ModelPlan", "attack_cell", "attack_cells", "bar_figure", "checks_text",
-           "detail_table", "examples_figure", "findings", "run", "seed_cell", "seed_format"]
+           "TITLE", "AttackSettings", "ModelPlan", "attack_cell", "attack_cells", "attack_columns", "attack_row",
+           "bar_figure", "checks_text", "detail_table", "examples_figure", "findings", "plan_protocol", "reports", "run",
+           "seed_cell", "seed_format"]
