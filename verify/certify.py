@@ -11,9 +11,10 @@ A certified radius is the largest ε whose bound certifies, found by a bracketin
 the worst margin lower bound m(ε) that models the bound's drop m(0) − m(ε) as a power of ε
 (fitted through the evaluations nearest the radius, see ``_next_eps``) and bisects when
 the bracket stalls, to the tolerance ``hi − lo ≤ atol + rtol·lo``: ``lo`` is certified
-by a bound computed at ε = lo, ``hi`` is not certified. CROWN evaluations below a failed ε reuse that failed bound's
-intermediate bounds, valid for every smaller ε (the ball is nested), only to skip
-neurons they prove stable (auto_LiRPA's ``aux_reference_bounds``), never to tighten.
+by a bound computed at ε = lo, ``hi`` is not certified. Dense-engine CROWN evaluations
+below a failed ε reuse that failed bound's intermediate bounds, valid for every smaller ε
+(the ball is nested), only to skip neurons they prove stable (auto_LiRPA's
+``aux_reference_bounds``), never to tighten.
 
 References:
     Xu et al., "Automatic Perturbation Analysis for Scalable Certified Robustness and

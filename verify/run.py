@@ -238,7 +238,7 @@ def certify_parallel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: st
         return certify_run(model, x, y, out, resume=resume, progress=progress, **kwargs)
     for m in methods:
         check_method(m)
-    check_norm(norm)
+    norm = check_norm(norm)
     out = Path(out)
     _prepare(out, config, resume)
     paths = [results_path(out, (k, jobs)) for k in range(1, jobs + 1)]
@@ -259,7 +259,7 @@ def certify_parallel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: st
                 bar.update(finished() - bar.n)
         for f in futures:
             f.result()  # re-raises a worker's exception
-    return write_summary(out, _join_shards(out), methods, tuple(eps_list or DEFAULT_EPS[check_norm(norm)]))
+    return write_summary(out, _join_shards(out), methods, tuple(eps_list or DEFAULT_EPS[norm]))
 
 
 def write_summary(out: Path, records: list[dict[str, Any]], methods: Sequence[str], eps_list: Sequence[float],
