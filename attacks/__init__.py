@@ -17,7 +17,6 @@ from .boundary import BoundaryAttack as BoundaryAttack
 from .cw import CW as CW
 from .di2fgsm import DI2FGSM as DI2FGSM
 from .eot import EOT as EOT
-from .eot import RandomTolerance as RandomTolerance
 from .evaluate import EvalReport as EvalReport
 from .evaluate import evaluate as evaluate
 from .fgsm import FGM as FGM
@@ -42,5 +41,5 @@ ATTACKS: dict[str, type[Attack]] = {
 __all__ = [
     "ATTACKS", "CW", "DI2FGSM", "EOT", "FGM", "FGSM", "NORMS", "PGD", "Attack", "AttackError",
     "AttackResult", "BoundaryAttack", "CheckResult", "EvalReport", "LpBall", "MinEpsResult",
-    "RandomTolerance", "UnknownNormError", "evaluate", "minimal_eps", "with_solver",
+    "UnknownNormError", "evaluate", "minimal_eps", "with_solver",
 ]

@@ -1,9 +1,8 @@
 """Expectation over Transformation: attack a randomized model through its average gradient.
 
-Also re-exports :class:`RandomTolerance`, an alias of :class:`models.ToleranceRandomized`
-(the tolerance-randomization defense of Carrara et al.: each forward integrates the ODE
-net with a tolerance drawn log-uniformly), the randomized model to evaluate with and
-without EOT.
+Randomized models to attack with it, such as the tolerance-randomization defense of
+Carrara et al., live in :mod:`models` (``models.ToleranceRandomized``); attacks take any
+``nn.Module`` and import nothing from models.
 
 References:
     Athalye, Engstrom, Ilyas & Kwok, "Synthesizing Robust Adversarial Examples", ICML 2018.
@@ -19,8 +18,6 @@ import dataclasses
 from typing import Any
 
 import torch
-
-from models.randomized import ToleranceRandomized as RandomTolerance
 
 from .base import Attack, AttackError, AttackResult, _check_int
 
@@ -65,4 +62,4 @@ class EOT(Attack):
         return dataclasses.replace(result, attack=f"eot-{result.attack}")
 
 
-__all__ = ["EOT", "RandomTolerance"]
+__all__ = ["EOT"]

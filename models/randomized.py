@@ -8,8 +8,8 @@ as possibly adversarial. Natural images are classified the same way at every τ,
 minimal adversarial examples crafted at one tolerance sit so close to the decision
 boundary that other tolerances disagree with them.
 
-:class:`ToleranceRandomized` is the single implementation in the toolkit
-(``attacks.RandomTolerance`` is an alias of it): ``forward`` is a randomized classifier
+:class:`ToleranceRandomized` is the single implementation in the toolkit:
+``forward`` is a randomized classifier
 (the logits of one freshly drawn τ, what EOT attacks differentiate), ``predict`` is
 the voting classifier with rejection.
 
@@ -30,6 +30,8 @@ import math
 
 import torch
 from torch import nn
+
+from attacks import with_solver
 
 from .solver import ADAPTIVE_METHODS, SolverConfig
 
@@ -201,12 +203,9 @@ class ToleranceRandomized(nn.Module):
         Raises:
             SolverConfigError: ``tol`` is not positive.
         """
-        saved = self.model.solver
-        self.model.solver = saved.replace(method=self.method, rtol=float(tol), atol=float(tol), step_size=None)
-        try:
+        solver = self.model.solver.replace(method=self.method, rtol=float(tol), atol=float(tol), step_size=None)
+        with with_solver(self.model, solver):
             out = self.model(x)
-        finally:
-            self.model.solver = saved
         self.nfe = int(getattr(self.model, "nfe", 0))
         self.last_tol = float(tol)
         return out

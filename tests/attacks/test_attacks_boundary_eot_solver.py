@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks import EOT, PGD, BoundaryAttack, RandomTolerance, evaluate, with_solver
-from models import MLP, ODENet, SolverConfig
+from attacks import EOT, PGD, BoundaryAttack, evaluate, with_solver
+from models import MLP, ODENet, SolverConfig, ToleranceRandomized
 
 
 def test_boundary_succeeds_and_norm_shrinks_with_queries(linear) -> None:
@@ -68,7 +68,7 @@ def test_with_solver_swaps_and_restores_and_nfe_is_reported() -> None:
 
 def test_randomized_model_without_eot_is_flagged() -> None:
     model, x, y = _tiny_ode()
-    noisy = RandomTolerance(model, 1e-2, 1.0, seed=0)
+    noisy = ToleranceRandomized(model, 1e-2, 1.0, seed=0)
     with torch.no_grad():
         assert not torch.allclose(noisy(x), noisy(x), atol=1e-6)
     report = evaluate(noisy, x, y, PGD(noisy, 0.05, steps=2), check_n=4)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks import CW
+from attacks import CW, with_solver
 from models import SolverConfig, build_model
 from models.data import load_dataset
 from models.train import Recipe, accuracy, train
@@ -112,15 +112,11 @@ def _cw_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict[
         out["clean"] = {"-": _correct(model, x, y)}
         out["adv_wrong"] = {"-": [not c for c in _correct(model, result.x_adv, y)]}
         return out
-    saved = model.solver
     out["clean"], out["adv_wrong"] = {}, {}
-    try:
-        for tau in taus:
-            model.solver = with_tolerance(model, tau)
+    for tau in taus:
+        with with_solver(model, with_tolerance(model, tau)):
             out["clean"][tau_key(tau)] = _correct(model, x, y)
             out["adv_wrong"][tau_key(tau)] = [not c for c in _correct(model, result.x_adv, y)]
-    finally:
-        model.solver = saved
     return out
 
 
@@ -168,14 +164,10 @@ def run(ctx: StudyContext) -> StudyReport:
     for name, model in resnets.items():
         errors[name] = ctx.cell(f"error {name} n={n_err}", lambda m=model: {
             "error": round(100 * (1 - accuracy(m, x_err, y_err)[0]), 2), "nfe": 0.0})
-    saved = ode.solver
     for tau in TAU_GRID:
         def err(tau: float = tau) -> dict[str, float]:
-            ode.solver = with_tolerance(ode, tau)
-            try:
+            with with_solver(ode, with_tolerance(ode, tau)):
                 acc, nfe = accuracy(ode, x_err, y_err)
-            finally:
-                ode.solver = saved
             return {"error": round(100 * (1 - acc), 2), "nfe": round(nfe, 1)}
         errors[tau_key(tau)] = ctx.cell(f"error ode-chen tau={tau_key(tau)} n={n_err}", err)
 
@@ -186,11 +178,8 @@ def run(ctx: StudyContext) -> StudyReport:
         cells[name] = ctx.cell(f"{name} {tag}", lambda m=model: _cw_cell(m, x, y, settings, ctx.seed, None))
     for tau in TAU_GRID:
         def attack(tau: float = tau) -> dict[str, Any]:
-            ode.solver = with_tolerance(ode, tau)
-            try:
+            with with_solver(ode, with_tolerance(ode, tau)):
                 return _cw_cell(ode, x, y, settings, ctx.seed, TAU_GRID)
-            finally:
-                ode.solver = saved
         cells[tau_key(tau)] = ctx.cell(f"ode-chen tau_attack={tau_key(tau)} {tag}", attack)
 
     same = {k: attack_stats(cells[k], k) for k in map(tau_key, TAU_GRID)}
