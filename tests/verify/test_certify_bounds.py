@@ -150,3 +150,17 @@ def test_crown_at_least_ibp_through_maxpool():
         ibp = Certifier(net, "inf", "ibp").radius(x[i:i + 1], y[i:i + 1], 0.5)
         crown = Certifier(net, "inf", "crown").radius(x[i:i + 1], y[i:i + 1], 0.5)
         assert crown.radius >= ibp.radius > 0
+
+
+def test_alpha_crown_certifier_is_reused_across_calls():
+    """One traced α-CROWN module serves calls whose unstable sets differ (other ε, other example)
+    and gives each call the bound a fresh module gives it."""
+    net = _small_net(3)
+    torch.manual_seed(4)
+    x = torch.rand(2, 1, 8, 8)
+    y = net(x).argmax(1)
+    shared = Certifier(net, "inf", "alpha-crown")
+    for i, eps in ((0, 0.05), (0, 0.01), (1, 0.03), (0, 0.05)):
+        a = shared.margins(x[i:i + 1], y[i:i + 1], eps)
+        b = Certifier(net, "inf", "alpha-crown").margins(x[i:i + 1], y[i:i + 1], eps)
+        assert torch.allclose(a, b, atol=1e-5)
