@@ -49,10 +49,6 @@ def time_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, S
     yield from _run(tmp_path_factory, "integration-time")
 
 
-def _boom(*args: object, **kwargs: object) -> None:
-    raise AssertionError("a cached cell or model was recomputed")
-
-
 def _outputs_written(out: Path, report: StudyReport) -> None:
     assert json.loads((out / f"{report.name}.json").read_text())["tables"]
     md = (out / f"{report.name}.md").read_text()
@@ -94,15 +90,10 @@ def test_attack_numbers_obey_their_definitions(attacks_run: tuple[Path, StudyRep
             assert reports["cw"]["success_rate"] >= 0.5
 
 
-def test_attacks_resume_computes_nothing(attacks_run: tuple[Path, StudyReport], monkeypatch: pytest.MonkeyPatch
+def test_attacks_resume_computes_nothing(attacks_run: tuple[Path, StudyReport], assert_resume_computes_nothing
                                          ) -> None:
     out, report = attacks_run
-    lines = (out / "cells.jsonl").read_text().count("\n")
-    monkeypatch.setattr(ga, "evaluate", _boom)
-    monkeypatch.setattr(ga.AttackSettings, "build", _boom)
-    again = run_study("girard-attacks", quick=True, out=out, progress=False)
-    assert again.tables == report.tables
-    assert (out / "cells.jsonl").read_text().count("\n") == lines
+    assert_resume_computes_nothing("girard-attacks", out, report, [(ga, "evaluate"), (ga.AttackSettings, "build")])
 
 
 def test_attack_settings_reject_unknown_attack() -> None:
@@ -135,13 +126,11 @@ def test_advtrain_table_and_effect(advtrain_run: tuple[Path, StudyReport]) -> No
     _outputs_written(out, report)
 
 
-def test_advtrain_resume_computes_nothing(advtrain_run: tuple[Path, StudyReport], monkeypatch: pytest.MonkeyPatch
+def test_advtrain_resume_computes_nothing(advtrain_run: tuple[Path, StudyReport], assert_resume_computes_nothing
                                           ) -> None:
     out, report = advtrain_run
-    monkeypatch.setattr(ga, "evaluate", _boom)
-    monkeypatch.setattr(gb, "evaluate", _boom)
-    monkeypatch.setattr(ga.AttackSettings, "build", _boom)
-    assert run_study("girard-advtrain", quick=True, out=out, progress=False).tables == report.tables
+    assert_resume_computes_nothing("girard-advtrain", out, report,
+                                   [(ga, "evaluate"), (gb, "evaluate"), (ga.AttackSettings, "build")])
 
 
 # ---------------------------------------------------------------- integration-time
@@ -203,8 +192,6 @@ def test_integration_time_cost_and_learning(time_run: tuple[Path, StudyReport]) 
 
 
 def test_integration_time_resume_trains_and_attacks_nothing(time_run: tuple[Path, StudyReport],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            assert_resume_computes_nothing) -> None:
     out, report = time_run
-    monkeypatch.setattr(it, "train", _boom)
-    monkeypatch.setattr(it, "evaluate", _boom)
-    assert run_study("integration-time", quick=True, out=out, progress=False).tables == report.tables
+    assert_resume_computes_nothing("integration-time", out, report, [(it, "train"), (it, "evaluate")])

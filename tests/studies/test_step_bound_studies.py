@@ -39,10 +39,6 @@ def _col(table: Any, title: str) -> int:
     return table.columns.index(title)
 
 
-def _fail(*_: Any, **__: Any) -> Any:
-    raise AssertionError("a cached cell was recomputed on resume")
-
-
 # ----------------------------------------------------------------------------- step-size
 
 
@@ -91,13 +87,11 @@ def test_step_size_part_b_facts(step_run: tuple[StudyReport, Path]) -> None:
         assert curves["pgd"][model][top] <= curves["fgsm"][model][top] + 10
 
 
-def test_step_size_resume_computes_nothing(step_run: tuple[StudyReport, Path],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_step_size_resume_computes_nothing(step_run: tuple[StudyReport, Path], assert_resume_computes_nothing
+                                           ) -> None:
     report, out = step_run
-    for name in ("train", "evaluate", "accuracy", "_boundary_curve", "_residual_stats"):
-        monkeypatch.setattr(step_size, name, _fail)
-    again = run_study("step-size", quick=True, out=out, progress=False)
-    assert again.tables == report.tables
+    names = ("train", "evaluate", "accuracy", "_boundary_curve", "_residual_stats")
+    assert_resume_computes_nothing("step-size", out, report, [(step_size, n) for n in names])
 
 
 # ----------------------------------------------------------------------------- bound-vs-attack
@@ -150,10 +144,8 @@ def test_bound_vs_attack_growth_theorem(bound_run: tuple[StudyReport, Path]) -> 
     assert ode["symbolic"][-1] > ode["seed_bound"][-1]
 
 
-def test_bound_vs_attack_resume_computes_nothing(bound_run: tuple[StudyReport, Path],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bound_vs_attack_resume_computes_nothing(bound_run: tuple[StudyReport, Path], assert_resume_computes_nothing
+                                                 ) -> None:
     report, out = bound_run
-    for name in ("_radius", "empirical_radius", "jacobian_norm", "train", "_growth_row"):
-        monkeypatch.setattr(bva, name, _fail)
-    again = run_study("bound-vs-attack", quick=True, out=out, progress=False)
-    assert again.tables == report.tables
+    names = ("_radius", "empirical_radius", "jacobian_norm", "train", "_growth_row")
+    assert_resume_computes_nothing("bound-vs-attack", out, report, [(bva, n) for n in names])

@@ -14,10 +14,6 @@ from verify.studies import tolerance as tol_study
 from verify.studies import tolerance_randomization as rand_study
 
 
-def _fail(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("a cached study recomputed work")
-
-
 def _quick_run(name: str, out: Path) -> Any:
     # Module fixtures run before the function-scoped single-thread fixture of tests/conftest.py.
     previous = torch.get_num_threads()
@@ -64,13 +60,11 @@ def test_tolerance_tables_are_consistent(tolerance_run: tuple[Any, Path]) -> Non
     assert saved["protocol"]["n"] == {"error": 100, "cw": 8} and saved["quick"] is True
 
 
-def test_tolerance_resumes_without_recomputing(tolerance_run: tuple[Any, Path], monkeypatch) -> None:
+def test_tolerance_resumes_without_recomputing(tolerance_run: tuple[Any, Path], assert_resume_computes_nothing
+                                               ) -> None:
     report, out = tolerance_run
-    monkeypatch.setattr(tol_study, "CW", _fail)
-    monkeypatch.setattr(tol_study, "train", _fail)
-    monkeypatch.setattr(tol_study, "accuracy", _fail)
-    again = run_study("tolerance", quick=True, out=out, progress=False)
-    assert again.tables == report.tables
+    assert_resume_computes_nothing("tolerance", out, report,
+                                   [(tol_study, "CW"), (tol_study, "train"), (tol_study, "accuracy")])
 
 
 def test_randomization_tables_and_operating_point(randomization_run: tuple[Any, Path]) -> None:
@@ -94,12 +88,10 @@ def test_randomization_tables_and_operating_point(randomization_run: tuple[Any, 
     assert len(natural["taus"]) == -(-8 // rand_study.VOTE_GROUP)  # one draw of V tolerances per group
 
 
-def test_randomization_resumes_without_recomputing(randomization_run: tuple[Any, Path], monkeypatch) -> None:
+def test_randomization_resumes_without_recomputing(randomization_run: tuple[Any, Path],
+                                                   assert_resume_computes_nothing) -> None:
     report, out = randomization_run
-    monkeypatch.setattr(rand_study, "CW", _fail)
-    monkeypatch.setattr(rand_study, "_votes", _fail)
-    again = run_study("tolerance-randomization", quick=True, out=out, progress=False)
-    assert again.tables == report.tables
+    assert_resume_computes_nothing("tolerance-randomization", out, report, [(rand_study, "CW"), (rand_study, "_votes")])
 
 
 def test_vote_roc_area_and_endpoints() -> None:
