@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs > 1:
         config["jobs"] = args.jobs  # a resumed run must use the same shards
     out = args.out or f"runs/certify-{args.model.replace('/', '_')}-{args.norm}"
-    if args.jobs > 1:
-        summary = certify_parallel(model, x, y, out, methods, args.norm, config, eps, args.jobs, args.resume,
-                                   args.seed, not args.no_attack)
-    else:
+    if args.shard is not None:  # one shard of a run split across machines
         summary = certify_run(model, x, y, out, methods, args.norm, config, eps, shard, args.resume, args.seed,
                               not args.no_attack)
+    else:  # every example here, on --jobs processes (certify_parallel with 1 job is certify_run)
+        summary = certify_parallel(model, x, y, out, methods, args.norm, config, eps, args.jobs, args.resume,
+                                   args.seed, not args.no_attack)
     print(summary["table"])
     mem = summary.get("peak_memory", {})
     print("peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
