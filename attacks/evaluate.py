@@ -194,7 +194,7 @@ def _slice(result: Any, k: int) -> Any:
 
 def _params(attack: Attack) -> dict[str, Any]:
     """The attack's scalar hyper-parameters, for the report."""
-    keys = ("steps", "step_size", "random_start", "restarts", "loss", "early_stop", "binary_search_steps",
+    keys = ("steps", "step_size", "random_start", "restarts", "loss", "output", "binary_search_steps",
             "initial_const", "confidence", "lr", "max_queries", "prob", "resize_rate", "momentum",
             "grad_samples")
     out: dict[str, Any] = {}

@@ -13,15 +13,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Attack, _check_float, _check_int, _check_loss, attack_loss
+from .base import Attack, AttackError, _check_float, _check_int, _check_loss, attack_loss
+
+
+#: what PGD returns per example (see :class:`PGD`).
+OUTPUTS = ("best", "last")
 
 
 class PGD(Attack):
     """Iterated steepest ascent x ← Π_{B(x0, ε) ∩ [0,1]^d}(x + α · d(∇loss)) from a random start.
 
-    Every iterate the model is evaluated on is a candidate: per example the attack keeps
-    the best one over all steps and restarts (best = misclassified, else highest loss);
-    with a single restart an example never misclassified gets the final iterate.
+    What is returned per example depends on ``output``:
+
+    * ``"best"`` (default, for evaluation): every iterate the model is evaluated on is a
+      candidate and the best one is kept (best = misclassified, else highest loss). An
+      example stops iterating at its first misclassified iterate, since no later one could
+      replace it: the output is what running every step would give, at a fraction of the
+      work. With a single restart an example never misclassified gets its final iterate.
+    * ``"last"``: every example runs every step and returns its final iterate, the loss
+      maximiser of Madry et al. (what adversarial training trains on, and what torchattacks
+      and foolbox return); with restarts, the final iterate of the best restart.
 
     Args:
         model: classifier returning logits.
@@ -33,13 +44,11 @@ class PGD(Attack):
         random_start: start from a uniform point of the ball (else from x).
         restarts: independent runs (>= 1); the best per example is kept.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner margin).
-        early_stop: stop iterating on an example as soon as it is misclassified (faster; the
-            returned point is then a misclassified iterate, not the loss maximiser — keep
-            False for adversarial training).
+        output: ``"best"`` or ``"last"`` (above).
         seed, attack_solver, eval_solver: see :class:`~attacks.base.Attack`.
 
     Raises:
-        AttackError: invalid ε, norm, steps, step size, restarts or loss.
+        AttackError: invalid ε, norm, steps, step size, restarts, loss or output.
     """
 
     name = "pgd"
@@ -57,7 +66,7 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         loss: str = "ce",
-        early_stop: bool = False,
+        output: str = "best",
         seed: int | torch.Generator = 0,
         attack_solver: Any | None = None,
         eval_solver: Any | None = None,
@@ -68,7 +77,9 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.restarts = _check_int("restarts", restarts, 1)
         self.loss = _check_loss(loss)
-        self.early_stop = bool(early_stop)
+        if output not in OUTPUTS:
+            raise AttackError(f"unknown PGD output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        self.output = output
 
     def _alpha(self, x: torch.Tensor) -> float | torch.Tensor:
         if self.step_size is not None:
@@ -81,6 +92,7 @@ class PGD(Attack):
         best_loss = torch.full((n,), -math.inf, device=x.device)
         best_ok = torch.zeros(n, dtype=torch.bool, device=x.device)
         alpha_full = self._alpha(x)
+        best = self.output == "best"
 
         def keep(idx: torch.Tensor, xa: torch.Tensor, ok: torch.Tensor, loss: torch.Tensor) -> None:
             prev_ok = best_ok[idx]
@@ -93,7 +105,7 @@ class PGD(Attack):
 
         for restart in range(self.restarts):
             idx = torch.arange(n, device=x.device)
-            if restart > 0 and self.early_stop:
+            if restart > 0 and best:
                 idx = idx[~best_ok]
                 if idx.numel() == 0:
                     break
@@ -106,16 +118,17 @@ class PGD(Attack):
             for _ in range(self.steps):
                 grad, logits, loss = self._loss_grad(xa, ys, self.loss, idx)
                 self._iterations += 1
-                ok = logits.argmax(dim=1) != ys
-                keep(idx, xa, ok, loss)
-                if self.early_stop and ok.any():
-                    live = ~ok
-                    idx, xs, ys, xa, grad, ball = idx[live], xs[live], ys[live], xa[live], grad[live], \
-                        ball.subset(live.nonzero().squeeze(1))
-                    if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
-                        alpha = alpha[live]
-                    if idx.numel() == 0:
-                        break
+                if best:
+                    ok = logits.argmax(dim=1) != ys
+                    keep(idx, xa, ok, loss)
+                    if ok.any():  # broken examples are done: drop them from the batch
+                        live = ~ok
+                        idx, xs, ys, xa, grad, ball = idx[live], xs[live], ys[live], xa[live], grad[live], \
+                            ball.subset(live.nonzero().squeeze(1))
+                        if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
+                            alpha = alpha[live]
+                        if idx.numel() == 0:
+                            break
                 xa = xa + alpha * ball.normalize_grad(grad)
                 xa = (xs + ball.project(xa - xs)).clamp(0.0, 1.0)
             if idx.numel() == 0:
@@ -125,6 +138,9 @@ class PGD(Attack):
                 # output) without spending a forward pass to score it.
                 last = ~best_ok[idx]
                 best_x[idx[last]] = xa[last]
+                if not best:
+                    self._known_success = None  # final iterates never scored: the template scores them
+                    return best_x
             else:
                 with torch.no_grad():
                     logits = self._forward(xa, idx)
@@ -133,4 +149,4 @@ class PGD(Attack):
         return best_x
 
 
-__all__ = ["PGD"]
+__all__ = ["OUTPUTS", "PGD"]

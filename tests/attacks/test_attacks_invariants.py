@@ -24,7 +24,8 @@ def _mlp(seed: int = 0) -> tuple[MLP, torch.Tensor, torch.Tensor]:
 
 def _attacks(model: MLP, eps: float) -> list:
     return [FGSM(model, eps), FGM(model, eps * 4), PGD(model, eps, steps=5), PGD(model, eps * 4, "2", steps=5),
-            PGD(model, eps, steps=3, restarts=2, early_stop=True, loss="margin"),
+            PGD(model, eps, steps=4, output="last"),
+            PGD(model, eps, steps=3, restarts=2, output="last", loss="margin"),
             DI2FGSM(model, eps, steps=4, momentum=1.0), CW(model, eps * 4, steps=10, binary_search_steps=2),
             BoundaryAttack(model, eps * 4, max_queries=60)]
 

@@ -1,8 +1,9 @@
 """PGD scores its result without a repeated pass only when every returned point is a misclassified iterate."""
 
+import pytest
 import torch
 
-from attacks import PGD
+from attacks import PGD, AttackError
 from models import MLP
 
 
@@ -21,7 +22,7 @@ def test_all_successful_iterates_are_not_scored_twice():
     calls.clear()
     res = PGD(m, eps=1.0, steps=5, step_size=0.5)(x, y)
     assert res.success.all()
-    assert len(calls) == 5  # one pass per step, no scoring pass
+    assert len(calls) <= 5 and sum(calls) < 5 * len(x)  # broken examples stop; no scoring pass
     with torch.no_grad():
         assert (m(res.x_adv).argmax(1) != y).all()  # the skipped pass would have said the same
 
@@ -36,3 +37,51 @@ def test_a_failed_example_forces_the_scoring_pass():
     assert len(calls) == 6  # five steps and the scoring pass
     with torch.no_grad():
         assert torch.equal(res.success, m(res.x_adv).argmax(1) != y)
+
+
+def _reference_pgd(m, x, y, eps, steps, alpha, x0):
+    """Every example runs every step from x0; returns (first misclassified iterate else final, final)."""
+    xa, first, done = x0.clone(), x0.clone(), torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(steps):
+        xa = xa.detach().requires_grad_(True)
+        logits = m(xa)
+        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y, reduction="sum"), xa)
+        ok = (logits.argmax(1) != y) & ~done
+        first[ok] = xa.detach()[ok]
+        done |= ok
+        xa = (x + (xa.detach() + alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    first[~done] = xa[~done]
+    return first, xa
+
+
+def test_best_output_equals_running_every_step_and_skips_broken_examples():
+    m, calls = _model_and_calls()
+    x = torch.rand(32, 1, 6, 6)
+    y = m(x).argmax(1)
+    first, _ = _reference_pgd(m, x, y, 0.1, 8, 0.02, x)
+    calls.clear()
+    res = PGD(m, eps=0.1, steps=8, step_size=0.02, random_start=False)(x, y)
+    assert 0 < int(res.success.sum()) < len(x)  # a mix of broken and unbroken examples
+    assert torch.allclose(res.x_adv, first, atol=1e-6)
+    assert sum(calls) < 8 * len(x)  # broken examples stopped iterating
+    with torch.no_grad():
+        assert torch.equal(res.success, m(res.x_adv).argmax(1) != y)
+
+
+def test_last_output_is_the_final_iterate_of_every_example():
+    m, calls = _model_and_calls()
+    x = torch.rand(32, 1, 6, 6)
+    y = m(x).argmax(1)
+    _, final = _reference_pgd(m, x, y, 0.1, 8, 0.02, x)
+    calls.clear()
+    res = PGD(m, eps=0.1, steps=8, step_size=0.02, random_start=False, output="last")(x, y)
+    assert torch.allclose(res.x_adv, final, atol=1e-6)
+    assert calls == [len(x)] * 9  # every example every step, and one pass to score the final iterates
+    with torch.no_grad():
+        assert torch.equal(res.success, m(res.x_adv).argmax(1) != y)
+
+
+def test_unknown_output_is_refused():
+    m, _ = _model_and_calls()
+    with pytest.raises(AttackError, match="unknown PGD output 'final'"):
+        PGD(m, eps=0.1, output="final")
