@@ -3,9 +3,9 @@
 Examples::
 
     python -m models train --preset ode                 # retrain a zoo model
-    python -m models train --arch ode --solver rk4 --steps 4 --epochs 5 --out runs/my_ode
+    python -m models train --arch ode --solver rk4:4 --epochs 5 --out runs/my_ode
     python -m models train --preset lenet5 --adv pgd --eps 0.3 --out runs/lenet5_pgd
-    python -m models eval ode --tol 1e-2 --solver dopri5
+    python -m models eval ode --solver dopri5:1e-2
     python -m models download mnist
 """
 
@@ -21,37 +21,52 @@ from typing import Any
 
 import torch
 
-from .cli_support import OneLineArgumentParser, resolve_device, run_main, subparsers
-from .solver import ADAPTIVE_METHODS, METHODS, SolverConfig
+from .cli_support import OneLineArgumentParser, resolve_device, run_main, solver_spec, subparsers
+from .solver import ADAPTIVE_METHODS, SolverConfig
 from .train import Adversary, Recipe, accuracy, git_commit, save_checkpoint, train
 
 
 def _solver_override(base: SolverConfig, args: argparse.Namespace) -> SolverConfig:
-    """Apply --solver/--steps/--tol/--T to ``base``."""
-    method = args.solver or base.method
+    """Apply --solver METHOD[:VALUE] / --steps / --tol / --T to ``base``.
+
+    Raises:
+        ValueError: --steps or --tol contradicts the value given with --solver.
+    """
+    method, value = args.solver or (base.method, None)
     T = args.T if args.T is not None else base.T
     if method in ADAPTIVE_METHODS:
-        tol = args.tol if args.tol is not None else (base.rtol if base.method in ADAPTIVE_METHODS else 1e-3)
+        if value is not None and args.tol is not None and value != args.tol:
+            raise ValueError(f"--solver {method}:{value:g} and --tol {args.tol:g} disagree; give the tolerance once")
+        tol = value if value is not None else args.tol
+        if tol is None:
+            tol = base.rtol if base.method in ADAPTIVE_METHODS else 1e-3
         return SolverConfig(method=method, rtol=tol, atol=tol, T=T, adjoint=base.adjoint)
-    steps = args.steps or base.n_steps or 4
+    if value is not None and args.steps and value != args.steps:
+        raise ValueError(f"--solver {method}:{value:g} and --steps {args.steps} disagree; give the steps once")
+    steps = int(value or args.steps or base.n_steps or 4)
     return SolverConfig.fixed(method, steps, T)
 
 
 def make_adversary(recipe: Recipe, seed: int) -> Adversary | None:
-    """The adversarial-training hook for ``recipe.adv`` (PGD or FGSM from attacks/)."""
+    """The adversarial-training hook for ``recipe.adv`` (PGD or FGSM from attacks/).
+
+    PGD returns the final iterate (``output="last"``), the loss maximiser Madry et al. train
+    on; the budget of each step comes from the trainer (warm-up and ramp of the recipe).
+    """
     if recipe.adv is None:
         return None
     from attacks import FGSM, PGD
 
-    eps, steps = recipe.adv_eps, recipe.adv_steps
+    steps = recipe.adv_steps
     counter = iter(range(10**9))
 
-    def adversary(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def adversary(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        if eps == 0:
+            return x
         if recipe.adv == "fgsm":
             return FGSM(model, norm="inf", eps=eps)(x, y).x_adv
-        step_size = 2.5 * eps / steps
-        atk = PGD(model, norm="inf", eps=eps, steps=steps, step_size=step_size, random_start=True,
-                  seed=seed * 1_000_003 + next(counter))
+        atk = PGD(model, norm="inf", eps=eps, steps=steps, step_size=2.5 * eps / steps, random_start=True,
+                  output="last", seed=seed * 1_000_003 + next(counter))
         return atk(x, y).x_adv
 
     return adversary
@@ -64,6 +79,7 @@ def _train_and_save(arch: str, config: dict[str, Any], recipe: Recipe, dataset: 
     from .data import load_dataset
 
     commit = git_commit()  # the code that trains, read before training starts
+    out.parent.mkdir(parents=True, exist_ok=True)  # before training: the per-epoch resume state goes there
     torch.manual_seed(recipe.seed)
     model = build_model(arch, **config).to(device)
     x_tr, y_tr = load_dataset(dataset, "train", data_dir)
@@ -116,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
     overrides: dict[str, Any] = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "adv": args.adv, "adv_eps": args.eps, "adv_steps": args.adv_steps}.items() if v is not None}
+        "adv": args.adv, "adv_eps": args.eps, "adv_steps": args.adv_steps, "adv_warmup": args.adv_warmup,
+        "adv_ramp": args.adv_ramp}.items() if v is not None}
     if args.T_range:
         overrides["T_range"] = tuple(args.T_range)
     recipe = dataclasses.replace(recipe, **overrides)
@@ -191,7 +208,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _solver_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--solver", choices=METHODS, help="ODE solver method (ODE-nets)")
+    p.add_argument("--solver", type=solver_spec, metavar="METHOD[:VALUE]",
+                   help="ODE solver (ODE-nets): a method, optionally with its steps or tolerance, e.g. rk4:8, "
+                        "dopri5:1e-3")
     p.add_argument("--steps", type=int, help="fixed-grid steps")
     p.add_argument("--tol", type=float, help="adaptive tolerance τ (rtol = atol)")
     p.add_argument("--T", type=float, help="integration end time")
@@ -219,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adv", choices=["pgd", "fgsm"], help="adversarial training attack")
     t.add_argument("--eps", type=float, help="adversarial training L∞ budget")
     t.add_argument("--adv-steps", type=int, help="PGD steps for adversarial training")
+    t.add_argument("--adv-warmup", type=int, help="clean epochs before adversarial training starts")
+    t.add_argument("--adv-ramp", type=int, help="epochs over which the adversarial budget grows from 0 to --eps")
     t.add_argument("--out", help="checkpoint path stem (default for presets: the zoo)")
     t.add_argument("--data-dir")
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -54,6 +54,37 @@ def run_main(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] |
         return 2
 
 
+def solver_spec(text: str) -> tuple[str, float | None]:
+    """argparse type of a solver: ``METHOD`` or ``METHOD:VALUE`` (the one syntax of every CLI).
+
+    VALUE is the number of steps of a fixed-grid method (``rk4:8``) or the tolerance τ of an
+    adaptive one (``dopri5:1e-3``).
+
+    Returns:
+        (method, value or None).
+
+    Raises:
+        argparse.ArgumentTypeError: unknown method, or a value that is not a positive step
+            count / tolerance.
+    """
+    from .solver import FIXED_METHODS, METHODS
+
+    method, sep, value = text.partition(":")
+    if method not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown solver {method!r} in {text!r}; choose one of {', '.join(METHODS)}"
+                                         " (optionally :STEPS or :TOL, e.g. rk4:4, dopri5:1e-3)")
+    if not sep:
+        return method, None
+    try:
+        number = int(value) if method in FIXED_METHODS else float(value)
+    except ValueError:
+        number = 0
+    if not number > 0:
+        what = "a positive number of steps" if method in FIXED_METHODS else "a positive tolerance"
+        raise argparse.ArgumentTypeError(f"solver {text!r}: {value!r} is not {what}")
+    return method, number
+
+
 def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """Subcommand group whose parsers also report errors on one line."""
     return parser.add_subparsers(dest="command", parser_class=OneLineArgumentParser)

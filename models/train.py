@@ -29,8 +29,9 @@ from tqdm import tqdm
 from . import build_model
 from .base import Classifier
 
-#: ``adversary(model, x, y) -> x_adv``: the adversarial-training hook (model in eval mode).
-Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``adversary(model, x, y, eps) -> x_adv``: the adversarial-training hook (model in eval
+#: mode); ``eps`` is the L∞ budget of this step (:func:`adv_eps_at`).
+Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 class CheckpointError(ValueError):
@@ -53,6 +54,8 @@ class Recipe:
         adv_eps: L∞ budget of adversarial training.
         adv_steps: PGD steps of adversarial training.
         adv_warmup: epochs of clean training before adversarial examples are used.
+        adv_ramp: epochs after the warm-up over which the budget grows linearly, step by
+            step, from 0 to ``adv_eps`` (0: the full budget at once).
         T_range: if set, each batch integrates an ODE-net to T ~ U[T_range] (seed 000's
             "10-100" recipe); None keeps the model's solver T.
     """
@@ -68,6 +71,7 @@ class Recipe:
     adv_eps: float = 0.3
     adv_steps: int = 10
     adv_warmup: int = 0
+    adv_ramp: int = 0
     T_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
@@ -81,6 +85,8 @@ class Recipe:
             raise ValueError(f"unknown adversarial training attack {self.adv!r}; choose pgd or fgsm")
         if self.adv_eps < 0:
             raise ValueError(f"adv_eps must be >= 0, got {self.adv_eps}")
+        if self.adv_warmup < 0 or self.adv_ramp < 0:
+            raise ValueError(f"adv_warmup and adv_ramp must be >= 0, got {self.adv_warmup}, {self.adv_ramp}")
         if self.T_range is not None and not (0 < self.T_range[0] <= self.T_range[1]):
             raise ValueError(f"T_range must satisfy 0 < lo <= hi, got {self.T_range}")
 
@@ -117,6 +123,19 @@ def _lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def adv_eps_at(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """The adversarial budget of training step ``step`` (0-based, counted over all epochs).
+
+    0 during the ``adv_warmup`` epochs, then a linear ramp over ``adv_ramp`` epochs, reaching
+    ``adv_eps`` at the last step of the ramp.
+    """
+    done = step - recipe.adv_warmup * steps_per_epoch
+    if done < 0:
+        return 0.0
+    ramp = recipe.adv_ramp * steps_per_epoch
+    return recipe.adv_eps if done + 1 >= ramp else recipe.adv_eps * (done + 1) / ramp
+
+
 def train(
     model: Classifier,
     x: torch.Tensor,
@@ -133,8 +152,9 @@ def train(
         x: images (N, C, H, W) in [0, 1].
         y: labels (N,).
         recipe: hyper-parameters.
-        adversary: optional ``adversary(model, x, y) -> x_adv`` used instead of clean
-            batches after ``recipe.adv_warmup`` epochs (adversarial training).
+        adversary: optional ``adversary(model, x, y, eps) -> x_adv`` used instead of clean
+            batches after ``recipe.adv_warmup`` epochs (adversarial training), at the
+            budget :func:`adv_eps_at` gives for the step.
         resume_path: where to keep the per-epoch resumable state (None: no resume).
         progress: show a tqdm bar.
 
@@ -179,7 +199,7 @@ def train(
                                                    else T / base_solver.n_steps)
             if adversary is not None and epoch >= recipe.adv_warmup:
                 model.eval()
-                xb = adversary(model, xb, yb).detach()
+                xb = adversary(model, xb, yb, adv_eps_at(recipe, epoch * steps_per_epoch + i, steps_per_epoch)).detach()
             model.train()
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)

@@ -65,12 +65,12 @@ PRESETS: dict[str, Preset] = {
         "LeNet-5 (ReLU, max-pool), the classical model of seed 000"),
     "ode-adv": Preset(
         "ode-adv", "ode", {"channels": 16, "field": "verifiable", "solver": _ODE_SOLVER},
-        Recipe(epochs=10, lr=3e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2),
-        "`ode` architecture, PGD adversarial training (L∞ ε=0.3, 10 steps)"),
+        Recipe(epochs=10, lr=3e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2, adv_ramp=4),
+        "`ode` architecture, PGD adversarial training (Madry et al.: L∞ ε=0.3 reached over a 4-epoch ramp, 10 steps)"),
     "lenet5-adv": Preset(
         "lenet5-adv", "lenet5", {},
-        Recipe(epochs=20, lr=2e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2),
-        "LeNet-5, PGD adversarial training (L∞ ε=0.3, 10 steps)"),
+        Recipe(epochs=20, lr=2e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2, adv_ramp=4),
+        "LeNet-5, PGD adversarial training (Madry et al.: L∞ ε=0.3 reached over a 4-epoch ramp, 10 steps)"),
 }
 
 

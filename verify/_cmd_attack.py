@@ -20,18 +20,14 @@ from models.cli_support import resolve_device
 
 
 def _solver_spec(text: str) -> Any:
-    """``METHOD:N`` (fixed grid, N steps) or ``METHOD:TOL`` (adaptive) -> SolverConfig."""
+    """``METHOD:STEPS`` (fixed grid) or ``METHOD:TOL`` (adaptive) -> SolverConfig (the models CLI syntax)."""
+    from models.cli_support import solver_spec
     from models.solver import FIXED_METHODS, SolverConfig
 
-    method, _, value = text.partition(":")
-    if not value:
-        raise argparse.ArgumentTypeError(f"solver spec {text!r} must look like rk4:4 or dopri5:1e-3")
-    try:
-        if method in FIXED_METHODS:
-            return SolverConfig.fixed(method, int(value))
-        return SolverConfig.adaptive(method, float(value))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"bad solver spec {text!r}: {str(err).splitlines()[0]}") from err
+    method, value = solver_spec(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"solver {text!r} needs its steps or tolerance, e.g. rk4:4 or dopri5:1e-3")
+    return SolverConfig.fixed(method, int(value)) if method in FIXED_METHODS else SolverConfig.adaptive(method, value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,7 +18,8 @@ from verify.cli import main
     (["attack", "--model", "lenet5", "--attack", "pgd"], "--eps is required"),
     (["attack", "--model", "lenet5", "--attack", "fgsm", "--eps", "0.1", "--steps", "3"], "does not apply"),
     (["attack", "--model", "no-such-model", "--attack", "fgsm", "--eps", "0.1", "--n", "5"], "unknown model"),
-    (["attack", "--model", "lenet5", "--attack", "pgd", "--eps", "0.1", "--attack-solver", "rk4"], "solver spec"),
+    (["attack", "--model", "lenet5", "--attack", "pgd", "--eps", "0.1", "--attack-solver", "rk4"], "needs its steps"),
+    (["attack", "--model", "lenet5", "--attack", "pgd", "--eps", "0.1", "--eval-solver", "rk5:4"], "unknown solver"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from models import MLP, ODENet, SolverConfig
 from models.cli import main
-from models.train import CheckpointError, Recipe, load_checkpoint, save_checkpoint, train
+from models.train import CheckpointError, Recipe, adv_eps_at, load_checkpoint, save_checkpoint, train
 from models.zoo import PRESETS, ZOO_DIR, UnknownModelError, available, load_with_metadata, resolve
 
 
@@ -97,7 +98,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     x, y = _toy_data(256)
     recipe = Recipe(epochs=3, batch_size=64, lr=3e-3, shift=1, seed=3)
 
-    def identity(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def identity(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, eps: float) -> torch.Tensor:
         return xb
 
     torch.manual_seed(1)
@@ -106,7 +107,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
 
     calls = {"n": 0}
 
-    def dies_in_epoch_two(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def dies_in_epoch_two(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, eps: float) -> torch.Tensor:
         calls["n"] += 1
         if calls["n"] == 6:  # 4 batches per epoch: dies in the middle of epoch 2
             raise _Interrupt
@@ -158,7 +159,12 @@ def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str], match:
 def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _one_line_exit_2(["train", "--arch", "transformer", "--out", str(tmp_path / "x")], capsys, "invalid choice")
     _one_line_exit_2(["train", "--preset", "nope"], capsys, "unknown preset")
-    _one_line_exit_2(["eval", "ode", "--solver", "rk45"], capsys, "invalid choice")
+    _one_line_exit_2(["train", "--preset", "ode-adv", "--adv-ramp", "-1", "--out", str(tmp_path / "x")], capsys,
+                     "adv_ramp must be >= 0")
+    _one_line_exit_2(["eval", "ode", "--solver", "rk45"], capsys, "unknown solver 'rk45'")
+    _one_line_exit_2(["eval", "ode", "--solver", "rk4:0"], capsys, "'0' is not a positive number of steps")
+    _one_line_exit_2(["eval", "ode", "--solver", "dopri5:abc"], capsys, "'abc' is not a positive tolerance")
+    _one_line_exit_2(["eval", "ode", "--solver", "rk4:8", "--steps", "4"], capsys, "disagree")
     _one_line_exit_2(["eval", "nope"], capsys, "unknown model")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
@@ -204,3 +210,52 @@ def test_every_cli_rejects_cuda_without_a_device(capsys: pytest.CaptureFixture[s
         assert run(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.splitlines() == ["error: --device cuda requested but CUDA is not available on this machine"]
+
+
+def test_adversarial_budget_warms_up_then_ramps_step_by_step() -> None:
+    x, y = _toy_data(256)  # 4 batches of 64 per epoch
+    recipe = Recipe(epochs=4, batch_size=64, shift=0, adv="pgd", adv_eps=0.4, adv_warmup=1, adv_ramp=2)
+    seen: list[float] = []
+
+    def record(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, eps: float) -> torch.Tensor:
+        seen.append(eps)
+        return xb
+
+    torch.manual_seed(0)
+    train(MLP(hidden=(8,)), x, y, recipe, adversary=record, progress=False)
+    # epoch 1 is clean; epochs 2-3 ramp over 8 steps; epoch 4 is at the full budget
+    assert seen == pytest.approx([0.4 * k / 8 for k in range(1, 9)] + [0.4] * 4)
+    assert adv_eps_at(dataclasses.replace(recipe, adv_ramp=0), 4, 4) == 0.4
+    with pytest.raises(ValueError, match="adv_warmup and adv_ramp must be >= 0"):
+        Recipe(adv_ramp=-1)
+
+
+@needs_data
+def test_train_creates_the_output_directory(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "dir" / "m"
+    assert main(["train", "--arch", "mlp", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert out.with_suffix(".pt").exists() and not out.with_suffix(".resume.pt").exists()
+
+
+def test_solver_spec_is_one_syntax_for_every_cli() -> None:
+    import argparse
+
+    from models.cli import _solver_override
+    from models.cli_support import solver_spec
+    from verify._cmd_attack import _solver_spec
+
+    base = SolverConfig.fixed("rk4", 4, T=2.0)
+
+    def override(**kw: object) -> SolverConfig:
+        args = argparse.Namespace(**{"solver": None, "steps": None, "tol": None, "T": None, **kw})
+        return _solver_override(base, args)
+
+    assert override(solver=solver_spec("rk4:8")) == override(solver=("rk4", None), steps=8) == \
+        SolverConfig.fixed("rk4", 8, T=2.0)
+    assert override(solver=solver_spec("dopri5:1e-2")) == override(solver=("dopri5", None), tol=1e-2) == \
+        SolverConfig.adaptive("dopri5", 1e-2, T=2.0)
+    assert override(solver=solver_spec("euler")) == SolverConfig.fixed("euler", 4, T=2.0)  # keeps the steps
+    assert _solver_spec("rk4:8") == SolverConfig.fixed("rk4", 8)
+    assert _solver_spec("dopri5:1e-3") == SolverConfig.adaptive("dopri5", 1e-3)
+    with pytest.raises(argparse.ArgumentTypeError, match="needs its steps or tolerance"):
+        _solver_spec("rk4")
