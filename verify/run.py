@@ -115,7 +115,8 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
         config: the run configuration (written to / checked against ``config.json``).
         eps_list: ε values of the summary's certified accuracy.
         shard: (k, N).
-        resume: continue an interrupted run.
+        resume: continue an interrupted run (a shard joining a run that another shard
+            started needs no ``resume``; the configuration must still match).
         seed: attack seed.
         attack: compute the empirical radius and the soundness check.
         progress: show a tqdm bar.
@@ -134,8 +135,10 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
         raise CertifyError("no certification method given")
     eps_list = tuple(eps_list or DEFAULT_EPS[norm])
     out = Path(out)
-    _prepare(out, config, resume)
     path = results_path(out, shard)
+    # A shard that has not run yet joins a sharded run another shard started (same config):
+    # only a rerun of a shard that already wrote results needs ``resume``.
+    _prepare(out, config, resume or (shard[1] > 1 and not path.exists()))
     path.touch()  # an empty shard (more shards than examples) is still a shard that ran
     done = {r["index"] for r in read_records(path)}
     todo = [i for i in range(x.shape[0]) if i % shard[1] == shard[0] - 1 and i not in done]

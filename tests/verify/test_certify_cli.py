@@ -66,7 +66,11 @@ def test_shards_merge_to_the_full_run(tmp_path):
     certify_run(net, x, y, tmp_path / "s", shard=(1, 2), **kw)
     with pytest.raises(RunConfigError, match="missing shards"):
         merge_run(tmp_path / "s")
-    certify_run(net, x, y, tmp_path / "s", shard=(2, 2), resume=True, **kw)
+    with pytest.raises(RunConfigError, match="differs in eps"):  # joining shards must share the configuration
+        certify_run(net, x, y, tmp_path / "s", shard=(2, 2), **{**kw, "config": {**CONFIG, "eps": [0.02]}})
+    certify_run(net, x, y, tmp_path / "s", shard=(2, 2), **kw)  # a new shard joins without --resume
+    with pytest.raises(RunConfigError, match="already holds a run"):  # rerunning a shard that ran needs it
+        certify_run(net, x, y, tmp_path / "s", shard=(2, 2), **kw)
     merge_run(tmp_path / "s")
     assert [r["index"] for r in read_records(tmp_path / "s" / "results.jsonl")] == [0, 1, 2, 3]
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["n"] == 4
