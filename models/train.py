@@ -173,8 +173,12 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(recipe, s, steps_per_epoch))
     losses: list[float] = []
     start_epoch = 0
+    recipe_key = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
     if resume_path is not None and resume_path.exists():
         state = torch.load(resume_path, weights_only=True, map_location=device)
+        if state.get("recipe") != recipe_key:
+            raise CheckpointError(f"resume state {resume_path} was written by another recipe (or an older version); "
+                                  "delete it to train from scratch")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -214,7 +218,7 @@ def train(
             model.solver = base_solver
         if resume_path is not None:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "losses": torch.tensor(losses), "epoch": epoch + 1}, resume_path)
+                        "losses": torch.tensor(losses), "epoch": epoch + 1, "recipe": recipe_key}, resume_path)
     model.eval()
     return TrainResult(tuple(losses), time.perf_counter() - t0)
 

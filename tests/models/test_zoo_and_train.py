@@ -121,6 +121,9 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     assert resume.exists()
     torch.manual_seed(99)  # a fresh process would not share the RNG state
     resumed = MLP(hidden=(16,))
+    with pytest.raises(CheckpointError, match="written by another recipe"):  # a stale state is never resumed
+        train(MLP(hidden=(16,)), x, y, dataclasses.replace(recipe, lr=1e-3), adversary=identity, resume_path=resume,
+              progress=False)
     res = train(resumed, x, y, recipe, adversary=identity, resume_path=resume, progress=False)
     assert len(res.epoch_loss) == 3
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
