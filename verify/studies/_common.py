@@ -5,7 +5,8 @@ reproduces, or ``"project"``), ``TITLE`` and ``run(ctx: StudyContext) -> StudyRe
 computes its table cells through :meth:`StudyContext.cell`, which appends each finished cell
 to ``cells.jsonl`` in the output directory, so an interrupted study resumes where it
 stopped; models it trains go through :meth:`StudyContext.model`, which keeps checkpoints in
-``models/`` of the output directory (training itself resumes per epoch).
+``models/`` of the output directory (training itself resumes per epoch), and zoo models
+through :meth:`StudyContext.zoo`, which refuses a retrained checkpoint under old cells.
 
 Outputs, in the output directory: ``<NAME>.md`` (protocol, tables, figures), ``<NAME>.json``
 (everything in the report) and the figures (PNG) the study drew.
@@ -14,6 +15,7 @@ Outputs, in the output directory: ``<NAME>.md`` (protocol, tables, figures), ``<
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -205,6 +207,31 @@ class StudyContext:
             os.fsync(f.fileno())
         self._cells[key] = value
         return value
+
+    def zoo(self, name: str) -> nn.Module:
+        """Zoo model ``name`` on the context's device, checked against the one earlier cells used.
+
+        The first load records the checkpoint's SHA-256 in ``zoo-checkpoints.json`` of the
+        output directory; a retrained checkpoint then stops the study instead of letting it
+        reuse cells computed with the old weights.
+
+        Raises:
+            StudyError: the checkpoint differs from the one recorded in this directory.
+            models.zoo.UnknownModelError: no such zoo model, or it has no checkpoint.
+        """
+        from models import zoo
+
+        model = zoo.load(name, self.device)
+        digest = hashlib.sha256((zoo.ZOO_DIR / f"{name}.pt").read_bytes()).hexdigest()[:16]
+        path = self.out / "zoo-checkpoints.json"
+        seen = json.loads(path.read_text()) if path.exists() else {}
+        if seen.get(name, digest) != digest:
+            raise StudyError(f"zoo checkpoint {name!r} changed since the cells in {self.out} were computed "
+                             f"(sha256 {seen[name]} -> {digest}): delete {self._cells_path} and "
+                             f"{path} to recompute, or choose another output directory")
+        if name not in seen:
+            path.write_text(json.dumps({**seen, name: digest}, indent=1, sort_keys=True) + "\n")
+        return model.eval()
 
     def model(self, key: str, build: Callable[[], nn.Module], train_fn: Callable[[nn.Module, Path], dict[str, Any]]
               ) -> tuple[nn.Module, dict[str, Any]]:

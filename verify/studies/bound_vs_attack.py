@@ -34,7 +34,7 @@ from lipbound import jacobian_norm, network_bound
 from models import build_model
 from models.data import load_dataset
 from models.train import Recipe, accuracy, train
-from models.zoo import PRESETS, load
+from models.zoo import PRESETS
 from verify.certify import Certifier
 from verify.compare import empirical_radius, measured_growth, ratio, soundness_flags, summarize
 from verify.plots import symbolic_growth
@@ -368,7 +368,7 @@ def run(ctx: StudyContext) -> StudyReport:
     x, y = load_dataset("mnist-t10k", "test")
     n = min(ctx.n(2, 25), x.shape[0])
     x, y = x[:n].to(ctx.device), y[:n].to(ctx.device)
-    models: dict[str, nn.Module] = {m: load(m, ctx.device) for m in MODEL_NAMES if m != "mlp"}
+    models: dict[str, nn.Module] = {m: ctx.zoo(m) for m in MODEL_NAMES if m != "mlp"}
     models["mlp"], mlp_meta = _mlp(ctx)
     records, notes, summaries, growth = {}, {}, {}, []
     for name, model in models.items():

@@ -79,7 +79,7 @@ def strong_pgd_cell(ctx: StudyContext, plan: ModelPlan, steps: int, restarts: in
 
     def compute() -> dict[str, Any]:
         x, y = load_dataset("mnist-t10k", "test", n=plan.n)
-        model = zoo.load(plan.name, ctx.device)
+        model = ctx.zoo(plan.name)
         attack = PGD(model, eps, "inf", steps=steps, step_size=2.5 * eps / steps, restarts=restarts, seed=ctx.seed)
         return evaluate(model, x.to(ctx.device), y.to(ctx.device), attack, batch_size=100, checks=False,
                         progress=ctx.progress).to_dict()

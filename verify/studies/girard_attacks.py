@@ -190,7 +190,7 @@ def attack_cells(ctx: StudyContext, plans: Sequence[ModelPlan], settings: Attack
     x, y = load_dataset("mnist-t10k", "test", n=n_max)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for plan in plans:
-        model = zoo.load(plan.name, ctx.device)
+        model = ctx.zoo(plan.name)
         out[plan.name] = {kind: attack_cell(ctx, plan, model, kind, settings, x, y) for kind in ATTACK_KINDS}
     return out
 

@@ -30,7 +30,7 @@ from lipbound import network_bound
 from models import build_model
 from models.data import load_dataset
 from models.train import Recipe, accuracy, train
-from models.zoo import PRESETS, load
+from models.zoo import PRESETS
 from verify.unroll import unroll
 
 from ._common import StudyContext, StudyReport, Table, figure_path
@@ -177,7 +177,7 @@ def _part_b(ctx: StudyContext, x: torch.Tensor, y: torch.Tensor) -> tuple[Table,
     n = x.shape[0]
     nb = min(n, ctx.pick(8, 100))
     queries = ctx.pick(200, BOUNDARY_QUERIES)
-    models = {"ode": load("ode", ctx.device), "resnet": load("resnet", ctx.device)}
+    models = {"ode": ctx.zoo("ode"), "resnet": ctx.zoo("resnet")}
     makers = {
         "fgsm": lambda m, e: FGSM(m, e, seed=ctx.seed),
         "pgd": lambda m, e: PGD(m, e, steps=ITER_STEPS, step_size=ITER_STEP_SIZE, random_start=True, seed=ctx.seed),

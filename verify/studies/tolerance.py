@@ -31,7 +31,7 @@ from attacks import CW, with_solver
 from models import SolverConfig, build_model
 from models.data import load_dataset
 from models.train import Recipe, accuracy, train
-from models.zoo import PRESETS, load
+from models.zoo import PRESETS
 
 from ._common import StudyContext, StudyReport, Table, figure_path, mean
 
@@ -156,8 +156,8 @@ def run(ctx: StudyContext) -> StudyReport:
     n_cw = ctx.n(8, 100)
     settings = cw_settings(ctx)
     tag = f"{cw_tag(settings)} n={n_cw} seed={ctx.seed}"
-    ode = load("ode-chen", ctx.device)
-    resnets = {"resnet-chen6": matched_resnet(ctx)[0], "resnet (zoo)": load("resnet", ctx.device)}
+    ode = ctx.zoo("ode-chen")
+    resnets = {"resnet-chen6": matched_resnet(ctx)[0], "resnet (zoo)": ctx.zoo("resnet")}
     x_err, y_err = x_all[:n_err].to(ctx.device), y_all[:n_err].to(ctx.device)
 
     errors: dict[str, dict[str, float]] = {}

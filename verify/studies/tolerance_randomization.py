@@ -38,7 +38,7 @@ from torch import nn
 from attacks import CW
 from models import ToleranceRandomized
 from models.data import load_dataset
-from models.zoo import PRESETS, load
+from models.zoo import PRESETS
 
 from ._common import StudyContext, StudyError, StudyReport, Table, figure_path, mean
 from .tolerance import TAU_TRAIN, attack_set, cw_settings, cw_tag
@@ -194,7 +194,7 @@ def run(ctx: StudyContext) -> StudyReport:
     n_adapt = min(n, ctx.pick(4, 50))
     samples = EOT_SAMPLES
     settings = cw_settings(ctx)
-    ode = load("ode-chen", ctx.device)
+    ode = ctx.zoo("ode-chen")
     idx = torch.tensor(attack_set(ctx, ode, x_all, y_all, n))
     x, y = x_all[idx].to(ctx.device), y_all[idx].to(ctx.device)
     defense = ToleranceRandomized(ode, LOW, HIGH, votes=max(V_GRID), method="dopri5", seed=ctx.seed)
