@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,21 +124,26 @@ def findings(plans: Sequence[ModelPlan], cells: dict[str, dict[str, dict[str, An
                    "2.51) averages a different set of images than ours.")
     ours = (acc("lenet5-adv", "pgd"), acc("ode-adv", "pgd"))
     ahead = "ODE-net" if ours[1] > ours[0] else "LeNet-5"
+    n_pgd = cells["lenet5-adv"]["pgd"]["report"]["n"]
+    se = math.sqrt(sum(p * (1 - p) for p in ours) / n_pgd)  # standard error of the difference
+    gap = abs(ours[1] - ours[0]) / se if se > 0 else math.inf
+    verdict = ("within two standard errors, so adversarial training helps both about equally"
+               if gap < 2 else "more than two standard errors, so the architectures differ here")
     out.append(f"After PGD training the two architectures are {100 * abs(ours[1] - ours[0]):.1f} points apart under "
-               f"PGD ({ahead} ahead: ODE-net {100 * ours[1]:.1f}%, LeNet-5 {100 * ours[0]:.1f}%); the seed found the "
-               "ODE-net 1.0 point ahead (98.52% vs 97.5%). Adversarial training helps the ODE-net as much as the "
-               "convnet in both." if abs(ours[1] - ours[0]) < 0.05 else
-               f"After PGD training the ODE-net reaches {100 * ours[1]:.1f}% and LeNet-5 {100 * ours[0]:.1f}% under "
-               "PGD (seed: 98.52% vs 97.5%).")
-    gap = "far less" if max(ours) < 0.85 else "about as" if min(ours) > 0.95 else "less"
+               f"PGD ({ahead} ahead: ODE-net {100 * ours[1]:.1f}%, LeNet-5 {100 * ours[0]:.1f}%), {gap:.1f} binomial "
+               f"standard errors of the difference on {n_pgd} images: {verdict}. The seed found the ODE-net 1.0 "
+               "point ahead (98.52% vs 97.5%).")
+    gap_word = "far less" if max(ours) < 0.85 else "about as" if min(ours) > 0.95 else "less"
     short = {"lenet5-adv": "LeNet-5", "ode-adv": "ODE-net"}
     strongest = ", ".join(f"{short.get(k, k)} {100 * r['robust_accuracy']:.1f}%" for k, r in strong.items())
     budget = next(iter(strong.values()))["params"]
-    out.append(f"Our PGD-trained models are {gap} robust than the seed's (PGD accuracy {100 * ours[0]:.1f}% and "
+    recipe = zoo.PRESETS["ode-adv"].recipe
+    out.append(f"Our PGD-trained models are {gap_word} robust than the seed's (PGD accuracy {100 * ours[0]:.1f}% and "
                f"{100 * ours[1]:.1f}% vs 97.5% and 98.52%; {strongest} under PGD with {budget.get('steps')} steps "
                f"and {budget.get('restarts')} random restarts): they train on 8000 images (mnist-t10k protocol) "
-               "with 10-step PGD after 2 clean warm-up epochs on one CPU thread, the seed on the full 60k MNIST; "
-               "the seed does not state its PGD budget.")
+               f"on PGD-{recipe.adv_steps}'s final iterate after {recipe.adv_warmup} clean warm-up epochs and an "
+               f"ε ramp over {recipe.adv_ramp} epochs, on a CPU, the seed on the full 60k MNIST; the seed does not "
+               "state its PGD budget.")
     failed = [f"{p.label} / {ATTACK_LABELS[k]} ({checks_text(cells[p.name][k]['report'])[6:]})"
               for p in plans for k in ATTACK_KINDS if checks_text(cells[p.name][k]["report"]).startswith("fail")]
     if failed:
