@@ -138,14 +138,12 @@ class PGD(Attack):
                 # output) without spending a forward pass to score it.
                 last = ~best_ok[idx]
                 best_x[idx[last]] = xa[last]
-                if not best:
-                    self._known_success = None  # final iterates never scored: the template scores them
-                    return best_x
             else:
                 with torch.no_grad():
                     logits = self._forward(xa, idx)
                 keep(idx, xa, logits.argmax(dim=1) != ys, attack_loss(self.loss, logits, ys))
-        self._known_success = best_ok
+        # a single "last" run never scored its final iterates: the template scores them
+        self._known_success = best_ok if best or self.restarts > 1 else None
         return best_x
 
 
