@@ -171,6 +171,9 @@ class StudyContext:
         self._cells: dict[str, Any] = {}
         #: cells this run read from an earlier run's ``cells.jsonl`` instead of computing them.
         self.reused = 0
+        self._zoo_path = self.out / "zoo-checkpoints.json"  # zoo name -> checkpoint digest the cells used
+        self._zoo_digests: dict[str, str] = json.loads(self._zoo_path.read_text()) if self._zoo_path.exists() else {}
+        self._zoo_checked: set[str] = set()
         if self._cells_path.exists():
             for line in self._cells_path.read_text().splitlines():
                 if line.strip():
@@ -222,15 +225,16 @@ class StudyContext:
         from models import zoo
 
         model = zoo.load(name, self.device)
-        digest = hashlib.sha256((zoo.ZOO_DIR / f"{name}.pt").read_bytes()).hexdigest()[:16]
-        path = self.out / "zoo-checkpoints.json"
-        seen = json.loads(path.read_text()) if path.exists() else {}
-        if seen.get(name, digest) != digest:
-            raise StudyError(f"zoo checkpoint {name!r} changed since the cells in {self.out} were computed "
-                             f"(sha256 {seen[name]} -> {digest}): delete {self._cells_path} and "
-                             f"{path} to recompute, or choose another output directory")
-        if name not in seen:
-            path.write_text(json.dumps({**seen, name: digest}, indent=1, sort_keys=True) + "\n")
+        if name not in self._zoo_checked:
+            digest = hashlib.sha256((zoo.ZOO_DIR / f"{name}.pt").read_bytes()).hexdigest()[:16]
+            if self._zoo_digests.get(name, digest) != digest:
+                raise StudyError(f"zoo checkpoint {name!r} changed since the cells in {self.out} were computed "
+                                 f"(sha256 {self._zoo_digests[name]} -> {digest}): delete {self._cells_path} and "
+                                 f"{self._zoo_path} to recompute, or choose another output directory")
+            if name not in self._zoo_digests:
+                self._zoo_digests[name] = digest
+                self._zoo_path.write_text(json.dumps(self._zoo_digests, indent=1, sort_keys=True) + "\n")
+            self._zoo_checked.add(name)
         return model.eval()
 
     def model(self, key: str, build: Callable[[], nn.Module], train_fn: Callable[[nn.Module, Path], dict[str, Any]]
