@@ -8,7 +8,8 @@ import sys
 
 from models.cli_support import resolve_device
 
-from .run import ALL_METHODS, DEFAULT_EPS, RunConfigError, certify_parallel, certify_run, parse_shard
+from ._cmd_attack import _solver_spec
+from .run import ALL_METHODS, DEFAULT_EPS, RunConfigError, certify_parallel, certify_run, finished_examples, parse_shard
 
 
 def _eps(text: str) -> float:
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=[*ALL_METHODS, "all"], default="crown")
     p.add_argument("--n", type=_positive_int, default=100, help="held-out examples (the first n)")
     p.add_argument("--eps", type=_eps, nargs="+", help="ε values of the certified-accuracy table")
-    p.add_argument("--out", default=None, help="run directory (default runs/certify-<model>-<norm>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/certify-<model>-<norm>-<method>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard", default=None, help="k/N: certify examples i with i %% N == k-1")
     p.add_argument("--jobs", type=_positive_int, default=1,
@@ -47,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-attack", action="store_true", help="skip the empirical radius and soundness check")
+    p.add_argument("--solver", type=_solver_spec, default=None, metavar="METHOD[:STEPS|:TOL]",
+                   help="ODE-nets: swap the solver before certifying, e.g. rk4:8 or dopri5:1e-1 (adaptive solvers "
+                        "need --fixed-steps)")
+    p.add_argument("--fixed-steps", action="store_true",
+                   help="adaptive ODE solver: certify the fixed-step surrogate of the steps accepted on each clean "
+                        "input (not the deployed solver, which is refused without this flag)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=run)
 
@@ -64,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, meta = resolve(args.model, args.device)
+    if args.solver is not None:
+        if not hasattr(model, "solver"):
+            raise RunConfigError(f"--solver: model {args.model} ({meta.get('arch')}) has no ODE solver")
+        model.solver = args.solver
     x, y = load_dataset("mnist-t10k", split="test", data_dir=args.data_dir)
     x, y = x[: args.n].to(args.device), y[: args.n].to(args.device)
     methods = list(ALL_METHODS) if args.method == "all" else [args.method]
@@ -72,18 +83,30 @@ def run(args: argparse.Namespace) -> int:
               "eps": eps, "seed": args.seed, "attack": not args.no_attack, "dataset": "mnist-t10k/test"}
     if args.jobs > 1:
         config["jobs"] = args.jobs  # a resumed run must use the same shards
-    out = args.out or f"runs/certify-{args.model.replace('/', '_')}-{args.norm}"
-    if args.shard is not None:  # one shard of a run split across machines
-        summary = certify_run(model, x, y, out, methods, args.norm, config, eps, shard, args.resume, args.seed,
-                              not args.no_attack)
-    else:  # every example here, on --jobs processes (certify_parallel with 1 job is certify_run)
-        summary = certify_parallel(model, x, y, out, methods, args.norm, config, eps, args.jobs, args.resume,
-                                   args.seed, not args.no_attack)
+    if args.solver is not None:
+        config["solver"] = args.solver.to_dict()
+    if args.fixed_steps:
+        config["fixed_steps"] = True
+    out = args.out or f"runs/certify-{args.model.replace('/', '_')}-{args.norm}-{args.method}"
+    try:
+        if args.shard is not None:  # one shard of a run split across machines
+            summary = certify_run(model, x, y, out, methods, args.norm, config, eps, shard, args.resume, args.seed,
+                                  not args.no_attack, fixed_steps=args.fixed_steps)
+        else:  # every example here, on --jobs processes (certify_parallel with 1 job is certify_run)
+            summary = certify_parallel(model, x, y, out, methods, args.norm, config, eps, args.jobs, args.resume,
+                                       args.seed, not args.no_attack, fixed_steps=args.fixed_steps)
+    except KeyboardInterrupt:
+        print(f"interrupted: {finished_examples(out)} of {args.n} examples finished in {out}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 130
     print(summary["table"])
     mem = summary.get("peak_memory", {})
     print("peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
     if summary["unsound_examples"]:
         print(f"WARNING: {summary['unsound_examples']} example(s) with a certified radius above the "
               "empirical radius (unsound!)", file=sys.stderr)
+    if summary.get("unchecked_examples"):
+        print(f"WARNING: unchecked {summary['unchecked_examples']}: the attack found no adversarial example for "
+              "these correctly classified examples, so their certificates were not checked", file=sys.stderr)
     print(f"results: {out}")
     return 0

@@ -24,6 +24,9 @@ from models.lenet import MLP
 from models.odenet import ODENet
 from models.resnet import ResNet
 
+from ._dense_output import dense_output_weights
+from .unroll import surrogate_description
+
 
 @dataclasses.dataclass(frozen=True)
 class _Node:
@@ -62,7 +65,11 @@ class _ConvT:
     @classmethod
     def of(cls, conv: nn.Conv2d, weight: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
            ) -> _ConvT | None:
-        if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or not isinstance(conv.padding, tuple):
+        # A transposed convolution back-substitutes a zero-padded convolution only: with
+        # reflect/replicate/circular padding a border row of W sums several kernel taps on one
+        # pixel, so such layers keep their exact dense matrix (``A @ W``).
+        if (conv.groups != 1 or tuple(conv.dilation) != (1, 1) or not isinstance(conv.padding, tuple)
+                or conv.padding_mode != "zeros"):
             return None
         k, s, p = conv.kernel_size, conv.stride, conv.padding
         op = tuple(in_shape[1 + d] - ((out_shape[1 + d] - 1) * s[d] - 2 * p[d] + k[d]) for d in range(2))
@@ -136,8 +143,10 @@ def _dense(apply: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, .
 
 
 def _l2_rows(layer: nn.Module, weight: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
-    """Per-output ‖row‖₂ as auto_LiRPA's L2 interval step uses it (convs: the whole kernel's norm)."""
-    if isinstance(layer, nn.Conv2d):
+    """Per-output ‖row‖₂ as auto_LiRPA's L2 interval step uses it (zero-padded convs: the whole
+    kernel's norm, which bounds every row's; other padding modes: the exact rows, whose border
+    rows may exceed it)."""
+    if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
         k = layer.weight.detach().pow(2).sum((1, 2, 3)).sqrt()
         return k.view(1, 1, -1).expand(out_shape[1], out_shape[2], -1).reshape(-1).clone()
     return weight.norm(dim=1)
@@ -169,8 +178,9 @@ class DenseGraph:
 
         Args:
             model: the classifier.
-            steps: (t0, dt) step sequence for an ODENet (default: its fixed grid); an
-                adaptive solver's accepted steps are passed here.
+            steps: (t0, dt) or (t0, dt, θ) step sequence for an ODENet (default: its fixed
+                grid); the fixed-step surrogate of an adaptive solver passes the steps it
+                accepted (:func:`verify.unroll.accepted_steps`), the last one read at θ.
 
         Raises:
             GraphError: unsupported model or layer.
@@ -204,10 +214,13 @@ class DenseGraph:
                 dt = solver.T / solver.n_steps
                 steps = [(k * dt, dt) for k in range(solver.n_steps)]
             tab = tableau_for_solver(solver.method)
-            for t0, dt in steps:
-                g.rk_step(field, tab, t0, dt)
+            for step in steps:
+                theta = step[2] if len(step) > 2 else 1.0
+                g.rk_step(field, tab, step[0], step[1],
+                          dense_output_weights(solver.method, tab, theta) if theta != 1.0 else None)
             g.sequential(model.head)
-            desc = f"{solver.method} {len(steps)} steps, T={solver.T:g}"
+            desc = (f"{solver.method} {len(steps)} steps, T={solver.T:g}" if solver.is_fixed
+                    else surrogate_description(solver, len(steps)))
         elif isinstance(model, ResNet):
             g.sequential(model.stem)
             euler = tableau_for_solver("euler")
@@ -293,7 +306,7 @@ class _Builder:
         b_in = self.block
         if (self._pending is not None or len(self.shape) != 3 or b_in % s or layer.stride != (s, s)
                 or layer.kernel_size != (k, k) or not isinstance(p, tuple) or p[0] != p[1]
-                or layer.groups != 1 or layer.dilation != (1, 1)):
+                or layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros"):
             return False
         b_out = b_in // s
         cb, hb, wb_ = self.shape  # blocked input shape
@@ -372,9 +385,12 @@ class _Builder:
         w, b, out_shape = _dense(apply, shape, src.weight)
         return w, b, _ConvT.of(src, src.weight[:, tc:], shape, out_shape)
 
-    def rk_step(self, field: VerifiableField, tab: ButcherTableau, t0: float, dt: float) -> None:
+    def rk_step(self, field: VerifiableField, tab: ButcherTableau, t0: float, dt: float,
+                weights: Sequence[float] | None = None) -> None:
+        """One step from t0 of size dt; ``weights`` replace the output row b (dense output at θ < 1)."""
         y = self.flush()
-        a, b, c = tab.a_float, tab.b_float, tab.c_float
+        a, c = tab.a_float, tab.c_float
+        b = tuple(weights) if weights is not None else tab.b_float
         s = len(b)
         needed = [b[i] != 0.0 or any(a[k][i] != 0.0 for k in range(i + 1, s)) for i in range(s)]
         w2, _, conv2 = self._conv(field.conv2, 0.0)

@@ -3,9 +3,17 @@
 The specification is ``C = e_y − e_j`` for every class j ≠ y, so each bound is a lower
 bound on a logit margin f_y − f_j over the perturbation set; all margins positive means
 certified. The perturbation set for ``norm="inf"`` is the ε-ball **intersected with the
-image box [0, 1]** (the set attacks search too); for ``norm="2"`` it is the whole ε-ball
-(auto_LiRPA's ℓ2 perturbation takes no box), a superset of the clipped ball, so the
-certificate is sound for both and slightly conservative for ℓ2.
+image box [0, 1]** (the set attacks search too); for ``norm="2"`` the linear bounds are
+concretised over the whole ε-ball (auto_LiRPA's ℓ2 perturbation takes no box), a superset of
+the clipped ball, while anything other than an affine map applied to the input sees the box
+[max(0, x−ε), min(1, x+ε)] (the dense engine; auto_LiRPA 0.3 would see the point x there, so
+its ℓ2 path refuses such models), so the certificate is sound for both and slightly
+conservative for ℓ2.
+
+A certificate names what it covers (``CertResult.covers``, ``RadiusResult.covers``): the
+deployed model, or, for an adaptive ODE solver, only the fixed-step surrogate that replays
+the steps accepted on the clean input (``fixed_steps=True``; refused otherwise, because the
+deployed step sequence changes inside the ball).
 
 A certified radius is the largest ε whose bound certifies, found by a bracketing search on
 the worst margin lower bound m(ε) that models the bound's drop m(0) − m(ε) as a power of ε
@@ -35,9 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.odenet import ODENet
+
 from ._lirpa_compat import import_auto_lirpa
 from .crown import Crown, DenseGraph, GraphError
-from .unroll import Unrolled, unroll
+from .unroll import COVERS_DEPLOYED, COVERS_SURROGATE, Unrolled, accepted_steps, adaptive_refusal, unroll
 
 #: CLI name -> auto_LiRPA method ("lipschitz" is handled by lipbound).
 METHODS: dict[str, str] = {"ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized",
@@ -63,7 +73,9 @@ class CertResult:
         lower: (N, K-1) lower bounds on f_y − f_j for j ≠ y (in class order).
         certified: (N,) all margins positive.
         seconds: wall time.
-        description: how the model was unrolled (adaptive solvers say so).
+        description: how the model was lowered (a fixed-step surrogate says so).
+        covers: what the certificate holds for: :data:`~verify.unroll.COVERS_DEPLOYED` or
+            :data:`~verify.unroll.COVERS_SURROGATE`.
     """
 
     method: str
@@ -73,6 +85,7 @@ class CertResult:
     certified: torch.Tensor
     seconds: float
     description: str = ""
+    covers: str = COVERS_DEPLOYED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +98,7 @@ class RadiusResult:
         evaluations: bounds computed.
         seconds: wall time.
         margins: [(ε, worst margin lower bound)] in evaluation order.
+        covers: what the radius holds for (see :class:`CertResult`).
     """
 
     radius: float
@@ -92,6 +106,7 @@ class RadiusResult:
     evaluations: int
     seconds: float
     margins: tuple[tuple[float, float], ...]
+    covers: str = COVERS_DEPLOYED
 
 
 def check_norm(norm: Any) -> str:
@@ -111,12 +126,55 @@ def check_method(method: str) -> str:
     return method
 
 
+#: auto_LiRPA nodes that bound an ℓ2-perturbed input soundly (center ± ‖row‖₂·ε), and the
+#: shape-only nodes that pass the input on unchanged.
+_L2_INPUT_CONSUMERS: tuple[str, ...] = ("BoundLinear", "BoundConv")
+_SHAPE_NODES: tuple[str, ...] = ("BoundFlatten", "BoundReshape")
+
+
+def _check_l2_input(bm: Any) -> None:
+    """Refuse an ℓ2 ball that auto_LiRPA 0.3 would bound as a point.
+
+    Its ℓ2 input interval is the point (x, x); only a linear or convolution node reading
+    the input turns it into a sound interval (center ± ‖row‖₂·ε). Any other node applied to
+    the input (a ReLU, a pooling, a sum in an unrolled solver step) would propagate the
+    point and certify what an attack breaks.
+
+    Raises:
+        CertifyError: naming the node.
+    """
+    todo = [n for n in bm.root_name if type(bm[n]).__name__ == "BoundInput"]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        for out in bm[name].output_name:
+            kind = type(bm[out]).__name__
+            if kind in _SHAPE_NODES and out not in seen:
+                seen.add(out)
+                todo.append(out)
+            elif kind not in _L2_INPUT_CONSUMERS and kind not in _SHAPE_NODES:
+                raise CertifyError(
+                    f"norm 2: auto_LiRPA 0.3 bounds the L2 ball as a point through {kind[5:] or kind} applied to "
+                    "the input (unsound); use method crown with the dense engine (engine auto), or norm inf")
+
+
 def spec_matrix(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C of shape (N, K-1, K): rows e_y − e_j for j ≠ y."""
     eye = torch.eye(num_classes, dtype=torch.float32, device=y.device)
     rows = eye[y].unsqueeze(1) - eye.unsqueeze(0)
     keep = ~torch.eye(num_classes, dtype=torch.bool, device=y.device)[y]
     return rows[keep].view(y.shape[0], num_classes - 1, num_classes)
+
+
+class _GraphModule(nn.Module):
+    """A :class:`~verify.crown.DenseGraph` as a differentiable module (logits out)."""
+
+    def __init__(self, graph: DenseGraph) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph.forward(x)
 
 
 class Certifier:
@@ -127,7 +185,8 @@ class Certifier:
         norm: ``"inf"`` or ``"2"``.
         method: a key of :data:`METHODS`.
         batch_size: examples per bound call (the traced shape).
-        x_clean: one clean input, needed to unroll an adaptive solver.
+        x_clean: one clean input (1, C, H, W), needed for the fixed-step surrogate of an
+            adaptive solver (the steps accepted on it are replayed).
         bound_opts: auto_LiRPA options (default ``{"conv_mode": "patches"}``; α-CROWN:
             matrix mode and dense slopes, which the given options override).
         engine: for ``crown``: ``"auto"`` uses :mod:`verify.crown` (the same bounds as
@@ -135,20 +194,40 @@ class Certifier:
             the model has a dense affine–ReLU form and auto_LiRPA otherwise (e.g. max
             pooling); ``"auto_lirpa"`` always uses auto_LiRPA. Other methods always use
             auto_LiRPA (or lipbound).
+        fixed_steps: for an adaptive ODE solver, certify its fixed-step surrogate on
+            ``x_clean`` (every result then says :data:`~verify.unroll.COVERS_SURROGATE`);
+            without it an adaptive solver is refused.
 
     Raises:
-        CertifyError: unknown norm or method.
+        CertifyError: unknown norm or method; an adaptive solver without ``fixed_steps``.
         UnsupportedLayerError: a layer that cannot be verified.
     """
 
     def __init__(self, model: nn.Module, norm: str = "inf", method: str = "crown", batch_size: int = 1,
                  x_clean: torch.Tensor | None = None, bound_opts: dict[str, Any] | None = None,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", fixed_steps: bool = False) -> None:
         self.norm, self.method = check_norm(norm), check_method(method)
         if engine not in ENGINES:
             raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model = model.eval()
-        self.unrolled: Unrolled = unroll(model, x_clean)
+        solver = getattr(model, "solver", None)
+        #: True when this certifies the fixed-step surrogate of an adaptive solver.
+        self.adaptive = isinstance(model, ODENet) and not model.solver.is_fixed
+        steps = None
+        if self.adaptive:
+            if not fixed_steps:
+                raise CertifyError(adaptive_refusal(solver))
+            if self.method == "lipschitz":
+                raise CertifyError("lipschitz: lipbound has no bound of an adaptive solver's fixed-step surrogate; "
+                                   "use ibp, crown, alpha-crown or forward")
+            if x_clean is None or x_clean.dim() != 4 or x_clean.shape[0] != 1:
+                raise CertifyError("the fixed-step surrogate of an adaptive solver needs one clean input x_clean "
+                                   "of shape (1, C, H, W)")
+            steps = accepted_steps(model, x_clean)
+        #: what the certificates hold for.
+        self.covers = COVERS_SURROGATE if self.adaptive else COVERS_DEPLOYED
+        self._x_clean, self._fixed_steps = x_clean, fixed_steps
+        self._unrolled: Unrolled | None = None
         self.num_classes = int(getattr(model, "num_classes", 10))
         self.input_shape = tuple(getattr(model, "input_shape", (1, 28, 28)))
         self.device = next(model.parameters()).device
@@ -170,7 +249,7 @@ class Certifier:
         self._crown: Crown | None = None
         if self.method == "crown" and engine == "auto" and bound_opts is None:
             try:
-                graph = DenseGraph.from_model(self.model, self.unrolled.steps if self.unrolled.adaptive else None)
+                graph = DenseGraph.from_model(self.model, steps)
             except GraphError:
                 graph = None
             if graph is not None:
@@ -178,6 +257,28 @@ class Certifier:
         #: which implementation computes the bounds: "dense" (verify.crown), "auto_LiRPA" or "lipbound".
         self.engine = "dense" if self._crown is not None else ("lipbound" if self.method == "lipschitz"
                                                                 else "auto_LiRPA")
+        #: how the model was lowered (the surrogate's description says what it covers).
+        self.description = self._crown.graph.description if self._crown is not None else self.unrolled.description
+
+    @property
+    def unrolled(self) -> Unrolled:
+        """The static module auto_LiRPA traces (built on first use; the dense engine needs none).
+
+        Raises:
+            UnsupportedLayerError: a layer auto_LiRPA cannot bound.
+        """
+        if self._unrolled is None:
+            self._unrolled = unroll(self.model, self._x_clean, self._fixed_steps)
+        return self._unrolled
+
+    def covered_model(self) -> nn.Module:
+        """The function the certificates hold for: the model itself, or (an adaptive solver with
+        ``fixed_steps``) its fixed-step surrogate, which attacks must target to check them."""
+        if not self.adaptive:
+            return self.model
+        if self._crown is not None:
+            return _GraphModule(self._crown.graph).eval()
+        return self.unrolled.module.eval()
 
     @property
     def bounded_module(self) -> Any:
@@ -185,8 +286,11 @@ class Certifier:
         if self._bm is None:
             lirpa = import_auto_lirpa()
             dummy = torch.zeros(self.batch_size, *self.input_shape, device=self.device)
-            self._bm = lirpa.BoundedModule(self.unrolled.module, dummy, bound_opts=self.bound_opts,
-                                           device=str(self.device))
+            bm = lirpa.BoundedModule(self.unrolled.module, dummy, bound_opts=self.bound_opts,
+                                     device=str(self.device))
+            if self.norm == "2":
+                _check_l2_input(bm)
+            self._bm = bm
         return self._bm
 
     def lipschitz(self) -> float:
@@ -285,17 +389,19 @@ class Certifier:
             max_evals: cap on bound evaluations.
 
         Returns:
-            a :class:`RadiusResult`; radius 0 for a misclassified example.
+            a :class:`RadiusResult` (``covers`` says what it holds for); radius 0 for a
+        misclassified example.
         """
         start = time.perf_counter()
         with torch.no_grad():
             logits = self.model(x)
         m0 = float((spec_matrix(y, self.num_classes)[0] @ logits[0]).min())
         if m0 <= 0:
-            return RadiusResult(0.0, 0.0, 0, time.perf_counter() - start, ((0.0, m0),))
+            return RadiusResult(0.0, 0.0, 0, time.perf_counter() - start, ((0.0, m0),), self.covers)
         if self.method == "lipschitz":
             r = min(m0 / self._lipschitz_constant(), eps_max)
-            return RadiusResult(r, r if r < eps_max else math.inf, 0, time.perf_counter() - start, ((0.0, m0),))
+            return RadiusResult(r, r if r < eps_max else math.inf, 0, time.perf_counter() - start, ((0.0, m0),),
+                                self.covers)
         lo, hi = 0.0, math.inf
         ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         history: list[tuple[float, float]] = [(0.0, m0)]
@@ -324,7 +430,7 @@ class Certifier:
                 eps = math.sqrt(lo * hi) if lo > 0 else hi / 2
         if lo > 0 and math.isfinite(hi):
             self.search_ratios.append(lo / m0)
-        return RadiusResult(lo, hi, len(history) - 1, time.perf_counter() - start, tuple(history))
+        return RadiusResult(lo, hi, len(history) - 1, time.perf_counter() - start, tuple(history), self.covers)
 
 
 def _next_eps(history: list[tuple[float, float]], lo: float, hi: float, rtol: float, atol: float,
@@ -366,7 +472,8 @@ def _next_eps(history: list[tuple[float, float]], lo: float, hi: float, rtol: fl
 
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf",
-            method: str = "crown", bound_opts: dict[str, Any] | None = None, engine: str = "auto") -> CertResult:
+            method: str = "crown", bound_opts: dict[str, Any] | None = None, engine: str = "auto",
+            fixed_steps: bool = False) -> CertResult:
     """Margin lower bounds for a batch at one ε.
 
     Args:
@@ -378,12 +485,14 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
         method: ``ibp``, ``crown``, ``alpha-crown``, ``forward`` or ``lipschitz``.
         bound_opts: auto_LiRPA options (given: auto_LiRPA computes every method).
         engine: ``"auto"`` or ``"auto_lirpa"`` (see :class:`Certifier`).
+        fixed_steps: for an adaptive ODE solver, certify the fixed-step surrogate of the
+            steps accepted on ``x`` (one example; not the deployed solver).
 
     Returns:
         a :class:`CertResult`.
 
     Raises:
-        CertifyError: bad norm, method, ε or shapes.
+        CertifyError: bad norm, method, ε or shapes; an adaptive solver without ``fixed_steps``.
         UnsupportedLayerError: a layer that cannot be verified.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -393,9 +502,10 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise CertifyError(f"eps must be a finite number >= 0, got {eps!r}")
     start = time.perf_counter()
-    cert = Certifier(model, norm, method, x.shape[0], x[:1], bound_opts, engine)
-    if cert.unrolled.adaptive and x.shape[0] > 1:
-        raise CertifyError("an adaptive solver is unrolled per input: certify one example at a time")
+    adaptive = isinstance(model, ODENet) and not model.solver.is_fixed
+    if adaptive and fixed_steps and x.shape[0] > 1:
+        raise CertifyError("the fixed-step surrogate replays one input's steps: certify one example at a time")
+    cert = Certifier(model, norm, method, x.shape[0], x[:1], bound_opts, engine, fixed_steps)
     lower = cert.margins(x, y, eps)
     return CertResult(method, cert.norm, float(eps), lower, (lower > 0).all(dim=1),
-                      time.perf_counter() - start, cert.unrolled.description)
+                      time.perf_counter() - start, cert.description, cert.covers)

@@ -84,7 +84,9 @@ def measured_growth(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> l
     """
     from .unroll import StaticNet, unroll
 
-    net = unroll(model, x if not getattr(getattr(model, "solver", None), "is_fixed", True) else None).module
+    adaptive = not getattr(getattr(model, "solver", None), "is_fixed", True)
+    # an adaptive solver: the growth through the fixed-step surrogate of the steps accepted on x
+    net = unroll(model, x if adaptive else None, fixed_steps=adaptive).module
     if not isinstance(net, StaticNet):
         return None
     with torch.no_grad():
@@ -108,16 +110,26 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str], eps_lis
     """Summary of per-example records (see ``python -m verify certify``).
 
     Returns:
-        dict with n, clean accuracy, per method certified accuracy at each ε, median
-        certified / empirical radius and their median ratio, seconds per example, and the
-        number of unsound examples.
+        dict with n, clean accuracy, what the certificates cover, per method certified
+        accuracy at each ε, median certified / empirical radius and their median ratio,
+        seconds per example (certification alone; the attack's and the wall time per example
+        apart), the number of unsound examples and the number of *unchecked* ones: correctly
+        classified examples whose certificate no attack checked (the attack found no
+        adversarial example, or did not run), for which "0 unsound" proves nothing.
     """
     n = len(records)
     correct = [r for r in records if r["correct"]]
+    covers = sorted({r["certificate_covers"] for r in records if r.get("certificate_covers")})
     out: dict[str, Any] = {"n": n, "clean_accuracy": len(correct) / n if n else None,
+                           "certificate_covers": ", ".join(covers) or None,
                            "median_empirical_radius": _median([r["empirical"] for r in correct
                                                                if r["empirical"] is not None]),
-                           "unsound_examples": sum(1 for r in records if r.get("unsound")), "methods": {}}
+                           "unsound_examples": sum(1 for r in records if r.get("unsound")),
+                           "unchecked_examples": sum(1 for r in correct if r["empirical"] is None),
+                           "attack_seconds_per_example": (sum(r.get("attack_seconds", 0.0) for r in records) / n
+                                                          if n else None),
+                           "wall_seconds_per_example": sum(r.get("seconds", 0.0) for r in records) / n if n else None,
+                           "methods": {}}
     for m in methods:
         radii = [r["methods"][m]["radius"] for r in records if m in r["methods"]]
         out["methods"][m] = {
@@ -139,8 +151,13 @@ def summary_table(summary: dict[str, Any], eps_list: Sequence[float]) -> str:
 
     head = ["method", *[f"cert acc @{e:g}" for e in eps_list], "median r_cert", "median r_emp",
             "median ratio", "s/example", "unsound"]
+    unchecked = summary.get("unchecked_examples", 0)
     lines = [f"n = {summary['n']}, clean accuracy = {f(summary['clean_accuracy'])}, "
-             f"unsound examples = {summary['unsound_examples']}", "",
+             f"unsound examples = {summary['unsound_examples']}, unchecked {unchecked}"
+             + (" (no adversarial example found: those certificates were not checked)" if unchecked else ""),
+             f"certificates cover: {summary.get('certificate_covers') or 'the deployed model'}; "
+             f"seconds per example: attack {f(summary.get('attack_seconds_per_example'))}, "
+             f"wall {f(summary.get('wall_seconds_per_example'))} (s/example below: certification alone)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, s in summary["methods"].items():
         row = [m, *[f(s["certified_accuracy"][f"{e:g}"]) for e in eps_list], f(s["median_radius"]),

@@ -17,7 +17,9 @@ options (``sparse_intermediate_bounds`` with IBP references), reproduced step by
    minus the lower bound of ``−v``) with the CROWN relaxation: upper line through
    ``(l, 0)`` and ``(u, u)``, lower slope 1 when ``u > −l`` and 0 otherwise.
 4. The input set is the L∞ ball intersected with [0, 1] (concretised from its box) or the
-   L2 ball (``A·x − ε‖A‖₂``; its interval step uses auto_LiRPA's per-kernel norms).
+   L2 ball (``A·x − ε‖A‖₂``; its interval step uses auto_LiRPA's per-kernel norms for an
+   affine map of the input and the box [max(0, x−ε), min(1, x+ε)] for anything else, e.g.
+   a ReLU applied to the input).
 
 The bounds agree with auto_LiRPA to floating-point accuracy (tests and the benchmark
 compare them); the gain is that only unstable rows are ever propagated, as dense matrix
@@ -162,7 +164,9 @@ class Crown:
                 mid, rad = self._input
                 out = (mid - rad, mid + rad)
             else:
-                out = (self._x, self._x)
+                # The box of the L2 ball ∩ [0, 1]: what a nonlinearity (or a sum) applied to
+                # the input sees; affine maps of the input use ‖row‖₂·ε instead.
+                out = ((self._x - self._eps).clamp(0, 1), (self._x + self._eps).clamp(0, 1))
         elif node.kind == "relu":
             lo, hi = self._interval(node.src[0])
             out = (lo.clamp(min=0), hi.clamp(min=0))

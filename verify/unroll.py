@@ -13,9 +13,12 @@ The time plane ``t·1`` of a :class:`~models.fields.ConcatConv2d` passes through
 convolution and becomes a fixed per-position bias map ``t·P``; without a time channel the
 biases are per-channel and fold into the convolutions' own biases.
 
-Adaptive solvers are unrolled along the step sequence they accepted on one clean input
-(the last step clipped to end at T), which is what :func:`unroll` certifies then; the
-:class:`Unrolled` record says so and carries the logit distance to the adaptive solve.
+An adaptive solver's step sequence changes inside an ε-ball, so no fixed graph is the
+deployed model: :func:`unroll` refuses it unless asked for the *fixed-step surrogate*
+(``fixed_steps=True``), which replays the steps accepted on one clean input, the last one
+(which overshoots T) read from torchdiffeq's interpolant at T as the solver does (see
+:mod:`verify._dense_output`). The :class:`Unrolled` record says which one it is and carries
+the logit distance to the adaptive solve.
 
 References:
     Butcher, "Numerical Methods for Ordinary Differential Equations", 2016.
@@ -38,6 +41,12 @@ from models.lenet import MLP, LeNet5
 from models.odenet import ODENet
 from models.resnet import ResNet
 
+from ._dense_output import dense_output_weights
+
+#: what a certificate holds for: the model as it runs, or the fixed-step surrogate of an adaptive solve.
+COVERS_DEPLOYED = "the deployed model"
+COVERS_SURROGATE = "fixed-step surrogate, not the deployed solver"
+
 #: layer types that pass into the static graph unchanged.
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d, nn.Identity,
@@ -48,6 +57,20 @@ class UnsupportedLayerError(ValueError):
     """A layer (or model) the unroller cannot turn into a verifiable static graph."""
 
 
+class AdaptiveSolverError(UnsupportedLayerError):
+    """An adaptive solver, whose deployed step sequence no fixed graph reproduces on a whole ball."""
+
+
+def adaptive_refusal(solver: object) -> str:
+    """The one-line reason an adaptive model is not certified (and what can be)."""
+    describe = getattr(solver, "describe", None)
+    name = describe() if callable(describe) else str(solver)
+    return (f"{name} is an adaptive solver: its step sequence changes inside the perturbation ball, so a "
+            "certificate of one step sequence says nothing about the deployed model; certify the fixed-step "
+            "surrogate of the steps accepted on the clean input with fixed_steps=True (CLI: --fixed-steps), "
+            "which covers that surrogate only")
+
+
 @dataclasses.dataclass(frozen=True)
 class Unrolled:
     """A static network equal to a model's forward pass, and how it was obtained.
@@ -55,18 +78,50 @@ class Unrolled:
     Attributes:
         module: the static ``nn.Module`` (logits out) for bound propagation.
         description: e.g. ``"rk4 4 fixed steps, T=1"``.
-        steps: the (t0, dt) sequence of the unrolled solver (empty for non-ODE models).
-        adaptive: True when the steps are those an adaptive solver accepted on one input;
-            the certificate then holds for that fixed step sequence, not for the adaptive solve.
+        steps: the (t0, dt, θ) sequence of the unrolled solver (empty for non-ODE models):
+            each step from t0 of size dt, its output read at t0 + θ·dt (θ < 1 only for the
+            interpolated last step of an adaptive solve).
+        adaptive: True for the fixed-step surrogate of an adaptive solver (the steps it
+            accepted on one input); a certificate then holds for that surrogate, not for
+            the deployed adaptive solve.
         adaptive_distance: max |logits| difference between the adaptive solve and the
             unrolled graph on that input (None for fixed-step or non-ODE models).
+        covers: :data:`COVERS_DEPLOYED` or :data:`COVERS_SURROGATE`.
     """
 
     module: nn.Module
     description: str
-    steps: tuple[tuple[float, float], ...] = ()
+    steps: tuple[tuple[float, float, float], ...] = ()
     adaptive: bool = False
     adaptive_distance: float | None = None
+    covers: str = COVERS_DEPLOYED
+
+
+def _check_options(layer: nn.Module, where: str) -> None:
+    # auto_LiRPA 0.3 traces a non-zero padding mode as an F.pad node it cannot bound (and the
+    # time plane of a field conv is folded in assuming zero padding); the dense CROWN engine
+    # handles every mode exactly.
+    if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+        raise UnsupportedLayerError(
+            f"cannot verify layer {where} (Conv2d, padding_mode={layer.padding_mode!r}) with auto_LiRPA: only "
+            "zero padding is bounded there; the dense CROWN engine (method crown, engine auto) handles it"
+        )
+    # auto_LiRPA 0.3's average pooling assumes no padding, ceil_mode=False and count_include_pad
+    # (its bounds of a padded pool were beaten by attacks); its max pooling assumes no padding.
+    if isinstance(layer, nn.AvgPool2d):
+        pad = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
+        if any(pad) or layer.ceil_mode or not layer.count_include_pad or layer.divisor_override:
+            raise UnsupportedLayerError(
+                f"cannot verify layer {where} (AvgPool2d with padding={layer.padding}, ceil_mode={layer.ceil_mode}, "
+                f"count_include_pad={layer.count_include_pad}) with auto_LiRPA: only unpadded average pooling is "
+                "bounded there; the dense CROWN engine (method crown, engine auto) handles it")
+    if isinstance(layer, nn.MaxPool2d):
+        pad = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
+        dil = layer.dilation if isinstance(layer.dilation, tuple) else (layer.dilation,)
+        if any(pad) or any(d != 1 for d in dil) or layer.ceil_mode:
+            raise UnsupportedLayerError(
+                f"cannot verify layer {where} (MaxPool2d with padding={layer.padding}, dilation={layer.dilation}, "
+                f"ceil_mode={layer.ceil_mode}): auto_LiRPA 0.3 bounds only unpadded, undilated max pooling")
 
 
 def _check_layers(seq: nn.Module, where: str) -> None:
@@ -78,6 +133,8 @@ def _check_layers(seq: nn.Module, where: str) -> None:
                 f"cannot verify layer {where}.{name} ({type(layer).__name__}); supported layers: "
                 + ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
             )
+        else:
+            _check_options(layer, f"{where}.{name}")
 
 
 def _time_map(conv: ConcatConv2d, shape: tuple[int, int]) -> torch.Tensor | None:
@@ -130,9 +187,10 @@ class _RKStep(nn.Module):
     """One explicit Runge–Kutta step of a conv–ReLU–conv field, coefficients folded into weights."""
 
     def __init__(self, field: VerifiableField, tab: ButcherTableau, t0: float, dt: float,
-                 shape: tuple[int, int]) -> None:
+                 shape: tuple[int, int], weights: Sequence[float] | None = None) -> None:
         super().__init__()
-        a, b, c = tab.a_float, tab.b_float, tab.c_float
+        a, c = tab.a_float, tab.c_float
+        b = tuple(weights) if weights is not None else tab.b_float  # output row (dense output: w(θ))
         s = len(b)
         # Stages no later stage or the output uses are dropped (e.g. dopri5's FSAL stage).
         needed = [b[i] != 0.0 or any(a[k][i] != 0.0 for k in range(i + 1, s)) for i in range(s)]
@@ -200,6 +258,8 @@ def _check_field(field: VectorField, where: str) -> VerifiableField:
             f"cannot verify vector field {where} ({type(field).__name__})"
             + (f": unsupported layer {bad}" if bad else "") + "; only the conv-ReLU-conv VerifiableField unrolls"
         )
+    for name, conv in (("conv1", field.conv1), ("conv2", field.conv2)):
+        _check_options(conv.conv, f"{where}.{name}")
     return field
 
 
@@ -210,7 +270,12 @@ def _state_shape(model: nn.Module, stem: nn.Module) -> tuple[int, int]:
         return tuple(stem(x).shape[2:])  # type: ignore[return-value]
 
 
-def _accepted_steps(model: ODENet, x: torch.Tensor) -> list[tuple[float, float]]:
+def accepted_steps(model: ODENet, x: torch.Tensor) -> list[tuple[float, float, float]]:
+    """(t0, dt, θ) of the steps an adaptive solve of one input accepted, θ = 1 but for the last.
+
+    torchdiffeq steps until a step ends at or beyond T and reads y(T) from that step's
+    interpolant at θ = (T − t0)/dt, so the last step keeps its size and carries θ.
+    """
     block = model.block
     block.record_steps = True
     try:
@@ -220,31 +285,55 @@ def _accepted_steps(model: ODENet, x: torch.Tensor) -> list[tuple[float, float]]
     finally:
         block.record_steps = False
     T = model.solver.T
-    out = []
+    out: list[tuple[float, float, float]] = []
     for t0, dt in steps:
-        if t0 >= T - 1e-12:
+        t1 = t0 + dt
+        out.append((t0, dt, 1.0 if t1 <= T else (T - t0) / (t1 - t0)))
+        if t1 >= T:
             break
-        out.append((t0, min(dt, T - t0)))
     return out
 
 
-def unroll(model: nn.Module, x: torch.Tensor | None = None) -> Unrolled:
+def rk_steps(field: VerifiableField, method: str, steps: Sequence[tuple[float, ...]], shape: tuple[int, int]
+             ) -> list[_RKStep]:
+    """One :class:`_RKStep` per (t0, dt[, θ]) step, θ < 1 read from the interpolant."""
+    tab = tableau_for_solver(method)
+    out = []
+    for step in steps:
+        t0, dt = step[0], step[1]
+        theta = step[2] if len(step) > 2 else 1.0
+        weights = dense_output_weights(method, tab, theta) if theta != 1.0 else None
+        out.append(_RKStep(field, tab, t0, dt, shape, weights))
+    return out
+
+
+def surrogate_description(solver: object, n_steps: int) -> str:
+    """How a fixed-step surrogate of an adaptive solve was built (it names what it covers)."""
+    describe = getattr(solver, "describe", None)
+    name = describe() if callable(describe) else str(solver)
+    return (f"{COVERS_SURROGATE}: {name}, the {n_steps} steps accepted on the clean input replayed, "
+            "the last read from the solver's interpolant at T")
+
+
+def unroll(model: nn.Module, x: torch.Tensor | None = None, fixed_steps: bool = False) -> Unrolled:
     """A static, traceable network computing the same logits as ``model``.
 
     Args:
-        model: an :class:`~models.odenet.ODENet` with the verifiable field (fixed-step or
-            adaptive solver), a :class:`~models.resnet.ResNet` with verifiable fields, a
+        model: an :class:`~models.odenet.ODENet` with the verifiable field, a
+            :class:`~models.resnet.ResNet` with verifiable fields, a
             :class:`~models.lenet.LeNet5`, an :class:`~models.lenet.MLP`, or an
             ``nn.Sequential`` of supported layers.
-        x: one clean input (1, C, H, W); required for adaptive solvers, whose accepted
-            step sequence on ``x`` is unrolled.
+        x: one clean input (1, C, H, W); required for the surrogate of an adaptive solver,
+            whose accepted step sequence on ``x`` is unrolled.
+        fixed_steps: for an adaptive solver, unroll its fixed-step surrogate (otherwise refused).
 
     Returns:
         the :class:`Unrolled` network and its description.
 
     Raises:
+        AdaptiveSolverError: an adaptive solver without ``fixed_steps``.
         UnsupportedLayerError: a layer or model type that cannot be unrolled, named.
-        ValueError: an adaptive solver without a single input ``x``.
+        ValueError: the surrogate of an adaptive solver without a single input ``x``.
     """
     if isinstance(model, ODENet):
         _check_layers(model.stem, "stem")
@@ -252,24 +341,24 @@ def unroll(model: nn.Module, x: torch.Tensor | None = None) -> Unrolled:
         field = _check_field(model.block.field, "block.field")
         shape = _state_shape(model, model.stem)
         solver = model.solver
-        tab = tableau_for_solver(solver.method)
         if solver.is_fixed:
             n, dt = solver.n_steps, solver.T / solver.n_steps
-            steps = [(k * dt, dt) for k in range(n)]
-            body = [_RKStep(field, tab, t0, h, shape) for t0, h in steps]
+            steps = [(k * dt, dt, 1.0) for k in range(n)]
+            body = rk_steps(field, solver.method, steps, shape)
             return Unrolled(StaticNet(model.stem, body, model.head), f"{solver.method} {n} fixed steps, T={solver.T:g}",
                             tuple(steps))
+        if not fixed_steps:
+            raise AdaptiveSolverError(adaptive_refusal(solver))
         if x is None or x.dim() != 4 or x.shape[0] != 1:
             raise ValueError(
-                f"adaptive solver {solver.describe()}: unrolling needs one clean input x of shape (1, C, H, W)"
+                f"adaptive solver {solver.describe()}: its fixed-step surrogate needs one clean input x of shape "
+                "(1, C, H, W)"
             )
-        steps = _accepted_steps(model, x)
-        body = [_RKStep(field, tab, t0, h, shape) for t0, h in steps]
-        net = StaticNet(model.stem, body, model.head).eval()
+        steps = accepted_steps(model, x)
+        net = StaticNet(model.stem, rk_steps(field, solver.method, steps, shape), model.head).eval()
         with torch.no_grad():
             dist = float((net(x) - model(x)).abs().max())
-        return Unrolled(net, f"{solver.describe()}: the {len(steps)} steps accepted on the clean input, "
-                        "unrolled (certificate holds for this fixed step sequence)", tuple(steps), True, dist)
+        return Unrolled(net, surrogate_description(solver, len(steps)), tuple(steps), True, dist, COVERS_SURROGATE)
     if isinstance(model, ResNet):
         _check_layers(model.stem, "stem")
         _check_layers(model.head, "head")
@@ -279,7 +368,7 @@ def unroll(model: nn.Module, x: torch.Tensor | None = None) -> Unrolled:
         for k in range(model.n_blocks):
             field = _check_field(model.block_field(k), f"fields.{0 if model.tied else k}")
             body.append(_RKStep(field, euler, k * model.step, model.step, shape))
-        steps = tuple((k * model.step, model.step) for k in range(model.n_blocks))
+        steps = tuple((k * model.step, model.step, 1.0) for k in range(model.n_blocks))
         return Unrolled(StaticNet(model.stem, body, model.head), f"resnet {model.n_blocks} blocks, step {model.step:g}", steps)
     if isinstance(model, LeNet5):
         _check_layers(model.features, "features")

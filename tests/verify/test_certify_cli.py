@@ -28,7 +28,7 @@ CONFIG = {"model": "test", "norm": "inf", "methods": ["ibp", "crown"], "eps": [0
 
 
 def _strip(recs):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "max_rss_mb")} |
+    return [{k: v for k, v in r.items() if k not in ("seconds", "attack_seconds", "max_rss_mb")} |
             {"methods": {m: {"radius": d["radius"], "upper": d["upper"]} for m, d in r["methods"].items()}}
             for r in sorted(recs, key=lambda r: r["index"])]
 

@@ -117,14 +117,20 @@ def test_reference_bounds_path_equals_auto_lirpa():
         assert torch.allclose(a, dense.margins(x, y, eps), atol=1e-5, rtol=1e-5)
 
 
-def test_adaptive_solver_unrolled_on_its_accepted_steps():
+def test_adaptive_solver_surrogate_in_both_engines():
     torch.manual_seed(0)
     m = ODENet(channels=2, solver=SolverConfig.adaptive("dopri5", tol=1e-3), input_size=8).eval()
     x = _x(3)
     y = m(x).argmax(1)
-    dense = Certifier(m, "inf", "crown", x_clean=x)
-    lirpa = Certifier(m, "inf", "crown", x_clean=x, engine="auto_lirpa")
+    with pytest.raises(CertifyError, match="adaptive solver"):
+        Certifier(m, "inf", "crown", x_clean=x)
+    dense = Certifier(m, "inf", "crown", x_clean=x, fixed_steps=True)
+    lirpa = Certifier(m, "inf", "crown", x_clean=x, engine="auto_lirpa", fixed_steps=True)
     assert dense.engine == "dense"
+    assert dense.covers == lirpa.covers == "fixed-step surrogate, not the deployed solver"
+    assert "fixed-step surrogate, not the deployed solver" in dense.description
+    with torch.no_grad():
+        assert (dense._crown.graph.forward(x) - m(x)).abs().max() <= 1e-5
     assert torch.allclose(dense.margins(x, y, 0.02), lirpa.margins(x, y, 0.02), atol=1e-5, rtol=1e-5)
 
 
