@@ -1,14 +1,17 @@
 """Command-line conventions shared by ``python -m models`` and ``python -m verify``.
 
 Bad input prints exactly one line on stderr and exits with status 2; argparse's own
-usage errors follow the same rule.
+usage errors follow the same rule. ``--help`` of every parser and subparser shows each
+option's default.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -20,8 +23,47 @@ class CLIUsageError(Exception):
     """Raised instead of argparse's print-usage-and-exit, carrying the one-line message."""
 
 
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` should print this action's default.
+
+    None (an option left unset: its help says what happens then), the False of a flag and
+    suppressed defaults say nothing; positionals have no default unless optional.
+    """
+    if action.default is None or action.default is argparse.SUPPRESS or action.default is False:
+        return False
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+                           argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+        return False
+    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults-in-help formatter, also for options without a help string.
+
+    ``ArgumentDefaultsHelpFormatter`` prints nothing for an option declared without
+    ``help=``; here such an option still gets ``(default: ...)``. The default is inserted
+    through ``%(default)s``, so help strings keep argparse's ``%`` rules (``%%`` for a
+    literal percent sign).
+    """
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if not _shows_default(action):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are a single line (no usage dump)."""
+    """ArgumentParser whose errors are a single line (no usage dump) and whose help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CLIUsageError(f"{self.prog}: {message}")

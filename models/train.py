@@ -17,6 +17,8 @@ import math
 import os
 import subprocess
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,47 @@ Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tenso
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or inconsistent with its metadata."""
+
+
+class NotACheckpointError(CheckpointError):
+    """A weights file that is not a checkpoint: random bytes, or a pickle of anything but tensors."""
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
+
+
+def _read_weights(path: Path, device: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` whose failures say the file is not a checkpoint.
+
+    torch's own message on a file it will not unpickle advises ``weights_only=False``, which
+    would execute whatever the file holds; it is never passed on. Its warnings (e.g. about
+    the pickle protocol of a foreign file) are silenced so that the CLI error stays one line.
+
+    Raises:
+        NotACheckpointError: the file cannot be read as tensors written by ``torch.save``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True, map_location=device)
+    except Exception as err:  # torch raises many types (pickle, zip, runtime, EOF) on foreign files
+        head = _head(path)
+        if path.is_file() and path.stat().st_size == 0:
+            detail = "the file is empty"
+        elif not head.startswith(b"PK"):  # torch.save writes a zip archive
+            detail = "not a file written by torch.save"
+        elif not zipfile.is_zipfile(path):
+            detail = "a truncated or damaged torch.save archive"
+        elif "weights_only" in str(err) or "Weights only" in str(err):
+            detail = "it holds pickled Python objects, not a state_dict of tensors"
+        else:
+            detail = "an unreadable torch.save archive"
+        raise NotACheckpointError(f"{path} is not a checkpoint: corrupt checkpoint weights ({detail})") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +218,10 @@ def train(
     start_epoch = 0
     recipe_key = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
     if resume_path is not None and resume_path.exists():
-        state = torch.load(resume_path, weights_only=True, map_location=device)
+        state = _read_weights(resume_path, device)
+        if not isinstance(state, dict):
+            raise NotACheckpointError(f"resume state {resume_path} is not a checkpoint "
+                                      f"(it holds a {type(state).__name__}); delete it to train from scratch")
         if state.get("recipe") != recipe_key:
             raise CheckpointError(f"resume state {resume_path} was written by another recipe (or an older version); "
                                   "delete it to train from scratch")
@@ -284,28 +330,35 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     """Rebuild a model from ``<stem>.pt`` + ``<stem>.json``, in eval mode.
 
     Raises:
-        CheckpointError: missing files, unreadable or corrupt weights, metadata that does
-            not describe the weights.
+        NotACheckpointError: the weights file is not a state_dict of tensors written by
+            ``torch.save`` (random bytes, a pickle of other objects, an empty file).
+        CheckpointError: missing files, corrupt metadata, metadata that does not describe
+            the weights.
     """
     stem = _stem(path)
     pt, js = stem.with_suffix(".pt"), stem.with_suffix(".json")
-    for f in (pt, js):
-        if not f.exists():
-            raise CheckpointError(f"checkpoint file not found: {f}")
+    # The weights first: a foreign .pt is "not a checkpoint", whether or not a .json lies beside it.
+    if not pt.exists():
+        raise CheckpointError(f"checkpoint file not found: {pt}")
+    state = _read_weights(pt)
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        what = type(state).__name__ + (" of non-tensors" if isinstance(state, dict) else "")
+        raise NotACheckpointError(f"{pt} is not a checkpoint: corrupt checkpoint weights (it holds a {what}, "
+                                  "not a state_dict of tensors)")
+    if not js.exists():
+        raise CheckpointError(f"checkpoint file not found: {js}")
     try:
         meta = json.loads(js.read_text())
         arch, config = meta["arch"], meta["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"corrupt checkpoint metadata {js}: {err}") from err
-    try:
-        state = torch.load(pt, weights_only=True, map_location="cpu")
-    except Exception as err:  # torch raises many types (pickle, zip, runtime) on corrupt files
-        raise CheckpointError(f"corrupt checkpoint weights {pt}: {str(err).splitlines()[0]}") from err
-    if not isinstance(state, dict):
-        raise CheckpointError(f"corrupt checkpoint weights {pt}: not a state_dict")
     model = build_model(arch, **config)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {pt} does not match its metadata: {str(err).splitlines()[0]}") from err
+        # torch's first line only names the class; the second says which tensors differ
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = " ".join(lines[:2])
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise CheckpointError(f"checkpoint {pt} does not match its metadata: {detail}") from err
     return model.to(device).eval(), meta

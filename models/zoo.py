@@ -16,7 +16,7 @@ import torch
 
 from .base import Classifier
 from .solver import SolverConfig
-from .train import CheckpointError, Recipe, load_checkpoint
+from .train import CheckpointError, NotACheckpointError, Recipe, load_checkpoint
 
 #: Directory of the committed zoo checkpoints.
 ZOO_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -93,7 +93,13 @@ def load(name: str, device: str | torch.device = "cpu") -> Classifier:
 
 
 def load_with_metadata(name: str, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """A zoo model and its checkpoint metadata."""
+    """A zoo model and its checkpoint metadata.
+
+    Raises:
+        UnknownModelError: not a zoo name, or its checkpoint has not been trained.
+        NotACheckpointError: the zoo's ``.pt`` file is not a checkpoint (e.g. a Git LFS pointer).
+        CheckpointError: the checkpoint is corrupt.
+    """
     if name not in PRESETS:
         raise UnknownModelError(f"unknown zoo model {name!r}; choose one of {', '.join(PRESETS)}")
     path = ZOO_DIR / f"{name}.pt"
@@ -109,7 +115,9 @@ def resolve(spec: str, device: str | torch.device = "cpu") -> tuple[Classifier, 
 
     Raises:
         UnknownModelError: neither a zoo name nor an existing checkpoint.
-        CheckpointError: the checkpoint exists but is corrupt.
+        NotACheckpointError: the ``.pt`` file is not a checkpoint (random bytes, a pickle of
+            anything but a state_dict of tensors); the message names the file.
+        CheckpointError: the checkpoint exists but is corrupt or lacks its metadata.
     """
     if spec in PRESETS:
         return load_with_metadata(spec, device)
@@ -121,5 +129,5 @@ def resolve(spec: str, device: str | torch.device = "cpu") -> tuple[Classifier, 
     raise UnknownModelError(f"unknown model {spec!r}: not a zoo name ({', '.join(PRESETS)}) or a checkpoint path")
 
 
-__all__ = ["PRESETS", "ZOO_DIR", "CheckpointError", "Preset", "UnknownModelError", "available", "load",
-           "load_with_metadata", "resolve"]
+__all__ = ["PRESETS", "ZOO_DIR", "CheckpointError", "NotACheckpointError", "Preset", "UnknownModelError", "available",
+           "load", "load_with_metadata", "resolve"]

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bounds`` subcommand."""
     p = sub.add_parser("bounds", help="Lipschitz bounds and solver growth factor of a model")
     p.add_argument("--model", required=True, help="zoo name or checkpoint path")
-    p.add_argument("--norm", choices=("2", "inf"), default="2", help="input and output norm")
+    p.add_argument("--norm", choices=("inf", "2"), default="inf",
+                   help="input and output norm")
     p.add_argument("--n", type=int, default=32, help="held-out images for the empirical lower bound")
     p.add_argument("--steps", type=int, default=10, help="ascent steps of the empirical search")
     p.add_argument("--seed", type=int, default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,9 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw the figures; prints their paths."""
-    from .plots import plot_run
+    """Draw the figures; prints their paths, and one line on stderr per warning the figures carry."""
+    from .plots import run_figures
 
-    for path in plot_run(args.dir):
+    figs = run_figures(args.dir)
+    for path in figs.save(args.dir):
         print(path)
+    for line in figs.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
