@@ -98,6 +98,11 @@ class AttackResult:
         attack: attack name.
         norm: ``"inf"`` or ``"2"``.
         eps: the ε-ball radius (``inf`` for minimum-norm attacks without a budget).
+        clean_correct: (N,) bool, the model classifies the clean ``x`` correctly (scored like
+            ``x_adv``, with ``eval_solver``; None: unknown, every example counts as attacked).
+            An example that is already misclassified is not a success of the attack:
+            :attr:`success_rate` and :meth:`summary` count only the others, as
+            :func:`~attacks.evaluate` does.
     """
 
     x_adv: torch.Tensor
@@ -111,26 +116,49 @@ class AttackResult:
     attack: str
     norm: str
     eps: float
+    clean_correct: torch.Tensor | None = None
+
+    @property
+    def attacked(self) -> torch.Tensor:
+        """(N,) bool: the examples the attack had to break (those classified correctly when clean)."""
+        if self.clean_correct is None:
+            return torch.ones_like(self.success, dtype=torch.bool)
+        return self.clean_correct.to(device=self.success.device, dtype=torch.bool)
+
+    @property
+    def already_misclassified(self) -> int:
+        """How many examples the model misclassifies before any perturbation (not counted as successes)."""
+        return int((~self.attacked).sum())
+
+    @property
+    def broken(self) -> torch.Tensor:
+        """(N,) bool: correctly classified when clean and misclassified at ``x_adv``."""
+        return self.success & self.attacked
 
     @property
     def success_rate(self) -> float:
-        """Fraction of examples misclassified at ``x_adv``."""
-        return float(self.success.float().mean()) if self.success.numel() else 0.0
+        """Fraction of the initially correct examples misclassified at ``x_adv`` (0 when there are none)."""
+        n = int(self.attacked.sum())
+        return float(self.broken.sum()) / n if n else 0.0
 
     def norms(self, p: str | None = None) -> torch.Tensor:
         """(N,) perturbation norms in ``p`` (default: the attack's norm)."""
         return self.linf if canonical_norm(p or self.norm) == "inf" else self.l2
 
     def summary(self) -> str:
-        """One line: success rate, mean / median norms of successful examples, time, NFE."""
-        ok = self.success
+        """One line: success rate and mean / median norms over the initially correct examples that
+        the attack broke, the count of already misclassified ones apart, time, NFE."""
+        ok = self.broken
         l2 = self.l2[ok]
         mean_l2 = float(l2.mean()) if l2.numel() else math.nan
         med_l2 = float(l2.median()) if l2.numel() else math.nan
         linf = self.linf[ok]
         mean_linf = float(linf.mean()) if linf.numel() else math.nan
         eps = "unbounded" if math.isinf(self.eps) else f"eps={self.eps:g}"
-        return (f"{self.attack} L{self.norm} {eps}: success {self.success_rate:.2%} of {ok.numel()}, "
+        n = ok.numel()
+        wrong = self.already_misclassified
+        return (f"{self.attack} L{self.norm} {eps}: success {self.success_rate:.2%} of {n - wrong} correctly "
+                f"classified ({wrong} of {n} already misclassified, not counted), "
                 f"L2 mean {mean_l2:.4f} median {med_l2:.4f}, Linf mean {mean_linf:.4f}, "
                 f"{self.seconds:.2f}s, NFE {self.nfe}")
 
@@ -228,11 +256,15 @@ class Attack:
         self._iterations = 0
         self._queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self._known_success = None
-        start = time.perf_counter()
         try:
             model.eval()
             for p, _ in flags:
                 p.requires_grad_(False)
+            # Reference pass, outside the attack's time, NFE and query counts: which examples
+            # were already misclassified (they are no success of the attack).
+            with torch.no_grad(), with_solver(model, self.eval_solver):
+                clean_correct = model(x).argmax(dim=1) == y
+            start = time.perf_counter()
             with with_solver(model, self.attack_solver):
                 raw = self._perturb(x, y).detach()
             if raw.shape != x.shape:
@@ -260,7 +292,7 @@ class Attack:
         return AttackResult(
             x_adv=x_adv, success=success, l2=lp_norm(delta, "2"), linf=lp_norm(delta, "inf"),
             queries=self._queries, iterations=self._iterations, seconds=seconds, nfe=self._nfe,
-            attack=self.name, norm=self.norm, eps=eps,
+            attack=self.name, norm=self.norm, eps=eps, clean_correct=clean_correct,
         )
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

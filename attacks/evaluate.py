@@ -58,9 +58,14 @@ class EvalReport:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
+    def failed_checks(self) -> tuple[str, ...]:
+        """Names of the validity checks that failed, in check order."""
+        return tuple(c.name for c in self.checks if c.status == "fail")
+
+    @property
     def flagged(self) -> bool:
         """True when a validity check failed."""
-        return any(c.status == "fail" for c in self.checks)
+        return bool(self.failed_checks)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings are avoided: they become None / "inf")."""
@@ -75,12 +80,23 @@ class EvalReport:
                 v = "inf"
             out[f.name] = v
         out["flagged"] = self.flagged
+        out["failed_checks"] = list(self.failed_checks)
         return out
 
+    def warning(self) -> str | None:
+        """One line naming the failed validity checks (None when none failed)."""
+        if not self.flagged:
+            return None
+        return (f"WARNING: validity check(s) failed: {', '.join(self.failed_checks)}; the attack is probably "
+                "too weak and the robust accuracy below overstates robustness")
+
     def summary(self) -> str:
-        """Seed-style "mean L2 / accuracy" line plus the other numbers and failed checks."""
+        """Seed-style "mean L2 / accuracy" line plus the other numbers and every check; when a check
+        failed, the first line is :meth:`warning`."""
         eps = "unbounded" if math.isinf(self.eps) else f"eps={self.eps:g}"
-        lines = [
+        warning = self.warning()
+        lines = [] if warning is None else [warning]
+        lines += [
             f"{self.attack} L{self.norm} {eps}, n={self.n}: mean L2 / accuracy = {self.mean_l2:.2f}/"
             f"{100 * self.robust_accuracy:.2f}%",
             f"  clean accuracy {100 * self.clean_accuracy:.2f}%, robust accuracy {100 * self.robust_accuracy:.2f}%, "
@@ -188,8 +204,9 @@ def evaluate(
 
 
 def _slice(result: Any, k: int) -> Any:
+    clean = None if result.clean_correct is None else result.clean_correct[:k]
     return dataclasses.replace(result, x_adv=result.x_adv[:k], success=result.success[:k], l2=result.l2[:k],
-                               linf=result.linf[:k], queries=result.queries[:k])
+                               linf=result.linf[:k], queries=result.queries[:k], clean_correct=clean)
 
 
 def _params(attack: Attack) -> dict[str, Any]:

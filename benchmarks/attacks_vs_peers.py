@@ -10,6 +10,9 @@ Targets (issue 3):
     CW-L2: median L2 of successful examples <= 1.05 x foolbox's at no more wall time.
     Boundary Attack at an equal query budget: median L2 <= foolbox's.
 
+CW runs with :data:`attacks.cw.CW_DEFAULTS` (what ``CW(model)`` and ``verify attack --attack cw``
+use) unless ``--cw-*`` options say otherwise.
+
 Run: ``python -m benchmarks.attacks_vs_peers [--n 500] [--models ode lenet5]``.
 """
 
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from attacks import CW, PGD, BoundaryAttack
+from attacks.cw import CW_DEFAULTS
 from models.data import load_dataset
 from models.zoo import load
 
@@ -205,21 +209,30 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and write ``results/attacks_vs_peers.{json,md}``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's arguments (CW's default to :data:`attacks.cw.CW_DEFAULTS`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ode", "lenet5"])
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=1000)
-    parser.add_argument("--cw-steps", type=int, default=100)
-    parser.add_argument("--cw-binary-steps", type=int, default=5)
+    # CW runs with attacks.CW's own defaults unless told otherwise (the settings users get).
+    parser.add_argument("--cw-steps", type=int, default=CW_DEFAULTS["steps"])
+    parser.add_argument("--cw-binary-steps", type=int, default=CW_DEFAULTS["binary_search_steps"])
+    parser.add_argument("--cw-initial-const", type=float, default=CW_DEFAULTS["initial_const"])
+    parser.add_argument("--cw-lr", type=float, default=CW_DEFAULTS["lr"])
     parser.add_argument("--tag", default="attacks_vs_peers")
     parser.add_argument("--attacks", nargs="+", choices=["pgd", "cw", "boundary"], default=["pgd", "cw", "boundary"])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write ``results/attacks_vs_peers.{json,md}``."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cw = {"steps": args.cw_steps, "binary_search_steps": args.cw_binary_steps, "initial_const": 1.0, "lr": 0.1}
+    cw = {"steps": args.cw_steps, "binary_search_steps": args.cw_binary_steps, "initial_const": args.cw_initial_const,
+          "lr": args.cw_lr}
     rows = []
     for name in args.models:
         rows.append(bench_model(name, args.n, args.repeats, args.boundary_steps, cw, tuple(args.attacks)))

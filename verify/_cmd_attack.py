@@ -3,6 +3,10 @@
 Example::
 
     python -m verify attack --model ode --attack pgd --norm inf --eps 0.3 --n 1000 --out pgd.json
+
+Exit status: 0 when every validity check passed or was skipped (or ``--no-checks``), 2 on bad
+input (one line on stderr), :data:`EXIT_CHECK_FAILED` (3) when a validity check failed: the
+report is still printed (its first line names the failed checks) and written to ``--out``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from typing import Any
 import torch
 
 from models.cli_support import resolve_device
+
+#: Exit status of a run whose report has a failed validity check.
+EXIT_CHECK_FAILED = 3
+
+_EPILOG = ("exit status: 0 = all validity checks passed or were skipped (or --no-checks); "
+           "2 = bad input; 3 = a validity check failed: the report's first line names the failed "
+           "checks and the robust accuracy probably overstates robustness (the report is still "
+           "printed and written to --out)")
 
 
 def _solver_spec(text: str) -> Any:
@@ -33,17 +45,31 @@ def _solver_spec(text: str) -> Any:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``attack`` subcommand."""
     from attacks import ATTACKS
+    from attacks.cw import CW_DEFAULTS
 
-    p = sub.add_parser("attack", help="clean / robust accuracy under an attack (with validity checks)")
+    p = sub.add_parser("attack", help="clean / robust accuracy under an attack (with validity checks)",
+                       description="Clean and robust accuracy of a model under one attack, with validity checks.",
+                       epilog=_EPILOG)
     p.add_argument("--model", required=True, help="zoo name (ode, lenet5, ...) or checkpoint path")
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
-    p.add_argument("--norm", default="inf", choices=["inf", "2"], help="perturbation norm")
+    p.add_argument("--norm", default=None, choices=["inf", "2"],
+                   help="perturbation norm (default: inf; 2 for cw, which supports only 2)")
     p.add_argument("--eps", type=float, default=None,
                    help="ball radius (required for fgsm/fgm/pgd/di2fgsm; optional budget for cw/boundary)")
     p.add_argument("--n", type=int, default=1000, help="held-out examples (mnist-t10k test split)")
-    p.add_argument("--steps", type=int, default=None, help="iterations (boundary: query budget)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"iterations (cw: Adam steps per round, default {CW_DEFAULTS['steps']}; "
+                        "boundary: query budget)")
     p.add_argument("--step-size", type=float, default=None, help="step size (pgd, di2fgsm)")
     p.add_argument("--restarts", type=int, default=None, help="random restarts (pgd)")
+    p.add_argument("--initial-const", type=float, default=None,
+                   help=f"cw: first constant c of the binary search (default {CW_DEFAULTS['initial_const']:g})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"cw: Adam learning rate in tanh space (default {CW_DEFAULTS['lr']:g})")
+    p.add_argument("--binary-search-steps", type=int, default=None,
+                   help=f"cw: rounds of the search over c (default {CW_DEFAULTS['binary_search_steps']})")
+    p.add_argument("--confidence", type=float, default=None,
+                   help=f"cw: required logit margin kappa (default {CW_DEFAULTS['confidence']:g})")
     p.add_argument("--eot", type=int, default=1, help="EOT samples per gradient (gradient attacks)")
     p.add_argument("--attack-solver", type=_solver_spec, default=None,
                    help="ODE solver while attacking, e.g. rk4:4 or dopri5:1e-3")
@@ -71,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.eps is None and not cls.minimal:
         raise ValueError(f"--eps is required for --attack {args.attack}")
-    if args.norm not in cls.supported_norms:
-        raise ValueError(f"--attack {args.attack} supports --norm {', '.join(cls.supported_norms)} only")
+    norm = args.norm or ("inf" if "inf" in cls.supported_norms else cls.supported_norms[0])
+    if norm not in cls.supported_norms:
+        raise ValueError(f"--attack {args.attack} supports --norm {', '.join(cls.supported_norms)} only "
+                         f"(the default for {args.attack}); got --norm {norm}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -89,18 +117,24 @@ def run(args: argparse.Namespace) -> int:
             if args.attack not in ("pgd", "di2fgsm") or (key == "restarts" and args.attack != "pgd"):
                 raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack}")
             kwargs[key] = opt
+    for opt, key in ((args.initial_const, "initial_const"), (args.lr, "lr"),
+                     (args.binary_search_steps, "binary_search_steps"), (args.confidence, "confidence")):
+        if opt is not None:
+            if args.attack != "cw":
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack} (cw only)")
+            kwargs[key] = opt
     model, _ = resolve(args.model, device=args.device)
     x, y = load_dataset("mnist-t10k", "test", data_dir=args.data_dir, n=args.n)
     x, y = x.to(args.device), y.to(args.device)
     eps = math.inf if args.eps is None else args.eps
-    attack = cls(model, eps, args.norm, **kwargs)
+    attack = cls(model, eps, norm, **kwargs)
     if args.eot > 1:
         if not cls.supports_eot:
             raise AttackError(f"--eot needs a gradient attack, not {args.attack}")
         attack = EOT(attack, args.eot)
     report = evaluate(model, x, y, attack, batch_size=args.batch_size, checks=not args.no_checks,
                       check_n=args.check_n, seed=args.seed, progress=sys.stderr.isatty())
-    print(report.summary())
+    print(report.summary())  # its first line names any failed validity check
     if args.out is not None:
         record = {"model": args.model, **report.to_dict()}
         if args.attack_solver is not None:
@@ -109,4 +143,4 @@ def run(args: argparse.Namespace) -> int:
             record["eval_solver"] = args.eval_solver.to_dict()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=2) + "\n")
-    return 0
+    return EXIT_CHECK_FAILED if report.flagged else 0
