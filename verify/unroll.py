@@ -115,6 +115,20 @@ def _check_options(layer: nn.Module, where: str) -> None:
                 f"cannot verify layer {where} (AvgPool2d with padding={layer.padding}, ceil_mode={layer.ceil_mode}, "
                 f"count_include_pad={layer.count_include_pad}) with auto_LiRPA: only unpadded average pooling is "
                 "bounded there; the dense CROWN engine (method crown, engine auto) handles it")
+    # the soundness campaign (benchmarks/soundness.py) beat auto_LiRPA 0.3's bounds through
+    # dilated or grouped convolutions and through overlapping (stride < kernel) pooling
+    if isinstance(layer, nn.Conv2d) and (tuple(layer.dilation) != (1, 1) or layer.groups != 1):
+        raise UnsupportedLayerError(
+            f"cannot verify layer {where} (Conv2d, dilation={layer.dilation}, groups={layer.groups}) with "
+            "auto_LiRPA 0.3 (its bounds were beaten by attacks); the dense CROWN engine handles it")
+    if isinstance(layer, (nn.AvgPool2d, nn.MaxPool2d)):
+        k = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
+        st = layer.stride if isinstance(layer.stride, tuple) else (layer.stride,) * 2
+        if any(a < b for a, b in zip(st, k)):
+            raise UnsupportedLayerError(
+                f"cannot verify layer {where} ({type(layer).__name__}, kernel {layer.kernel_size}, stride "
+                f"{layer.stride}) with auto_LiRPA 0.3: overlapping pooling windows were bounded unsoundly there"
+                + ("; the dense CROWN engine handles average pooling" if isinstance(layer, nn.AvgPool2d) else ""))
     if isinstance(layer, nn.MaxPool2d):
         pad = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
         dil = layer.dilation if isinstance(layer.dilation, tuple) else (layer.dilation,)
