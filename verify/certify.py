@@ -3,12 +3,12 @@
 The specification is ``C = e_y − e_j`` for every class j ≠ y, so each bound is a lower
 bound on a logit margin f_y − f_j over the perturbation set; all margins positive means
 certified. The perturbation set for ``norm="inf"`` is the ε-ball **intersected with the
-image box [0, 1]** (the set attacks search too); for ``norm="2"`` the linear bounds are
-concretised over the whole ε-ball (auto_LiRPA's ℓ2 perturbation takes no box), a superset of
-the clipped ball, while anything other than an affine map applied to the input sees the box
-[max(0, x−ε), min(1, x+ε)] (the dense engine; auto_LiRPA 0.3 would see the point x there, so
-its ℓ2 path refuses such models), so the certificate is sound for both and slightly
-conservative for ℓ2.
+image box [0, 1]** (the set attacks search too), for ``norm="2"`` the ε-ball intersected
+with [0, 1]: the linear bounds are concretised over the whole ε-ball (auto_LiRPA's ℓ2
+perturbation takes no box), a superset, while anything other than an affine map applied to
+the input sees the box [max(0, x−ε), min(1, x+ε)] (the dense engine; auto_LiRPA 0.3 would see
+the point x there, so its ℓ2 path refuses such models). The ℓ2 certificate is therefore
+slightly conservative.
 
 A certificate names what it covers (``CertResult.covers``, ``RadiusResult.covers``): the
 deployed model, or, for an adaptive ODE solver, only the fixed-step surrogate that replays
@@ -43,11 +43,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.odenet import ODENet
-
 from ._lirpa_compat import import_auto_lirpa
 from .crown import Crown, DenseGraph, GraphError
-from .unroll import COVERS_DEPLOYED, COVERS_SURROGATE, Unrolled, accepted_steps, adaptive_refusal, unroll
+from .unroll import COVERS_DEPLOYED, COVERS_SURROGATE, Unrolled, accepted_steps, adaptive_refusal, is_adaptive, unroll
 
 #: CLI name -> auto_LiRPA method ("lipschitz" is handled by lipbound).
 METHODS: dict[str, str] = {"ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized",
@@ -158,6 +156,22 @@ def _check_l2_input(bm: Any) -> None:
                     "the input (unsound); use method crown with the dense engine (engine auto), or norm inf")
 
 
+def check_adaptive(model: nn.Module, method: str, fixed_steps: bool) -> None:
+    """Refuse to certify an adaptive solver, unless its fixed-step surrogate is asked for.
+
+    Raises:
+        CertifyError: an adaptive solver without ``fixed_steps``, or with ``lipschitz``
+            (lipbound has no bound of the surrogate).
+    """
+    if not is_adaptive(model):
+        return
+    if not fixed_steps:
+        raise CertifyError(adaptive_refusal(model.solver))
+    if method == "lipschitz":
+        raise CertifyError("lipschitz: lipbound has no bound of an adaptive solver's fixed-step surrogate; "
+                           "use ibp, crown, alpha-crown or forward")
+
+
 def spec_matrix(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C of shape (N, K-1, K): rows e_y − e_j for j ≠ y."""
     eye = torch.eye(num_classes, dtype=torch.float32, device=y.device)
@@ -210,16 +224,11 @@ class Certifier:
         if engine not in ENGINES:
             raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model = model.eval()
-        solver = getattr(model, "solver", None)
+        check_adaptive(model, self.method, fixed_steps)
         #: True when this certifies the fixed-step surrogate of an adaptive solver.
-        self.adaptive = isinstance(model, ODENet) and not model.solver.is_fixed
+        self.adaptive = is_adaptive(model)
         steps = None
         if self.adaptive:
-            if not fixed_steps:
-                raise CertifyError(adaptive_refusal(solver))
-            if self.method == "lipschitz":
-                raise CertifyError("lipschitz: lipbound has no bound of an adaptive solver's fixed-step surrogate; "
-                                   "use ibp, crown, alpha-crown or forward")
             if x_clean is None or x_clean.dim() != 4 or x_clean.shape[0] != 1:
                 raise CertifyError("the fixed-step surrogate of an adaptive solver needs one clean input x_clean "
                                    "of shape (1, C, H, W)")
@@ -502,8 +511,7 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise CertifyError(f"eps must be a finite number >= 0, got {eps!r}")
     start = time.perf_counter()
-    adaptive = isinstance(model, ODENet) and not model.solver.is_fixed
-    if adaptive and fixed_steps and x.shape[0] > 1:
+    if is_adaptive(model) and fixed_steps and x.shape[0] > 1:
         raise CertifyError("the fixed-step surrogate replays one input's steps: certify one example at a time")
     cert = Certifier(model, norm, method, x.shape[0], x[:1], bound_opts, engine, fixed_steps)
     lower = cert.margins(x, y, eps)

@@ -82,9 +82,9 @@ def measured_growth(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> l
     y_n are the states of the clean input, z_n those of ``x_adv`` (the perturbation δ
     enters the block as z_0 − y_0, the stem's image of δ).
     """
-    from .unroll import StaticNet, unroll
+    from .unroll import StaticNet, is_adaptive, unroll
 
-    adaptive = not getattr(getattr(model, "solver", None), "is_fixed", True)
+    adaptive = is_adaptive(model)
     # an adaptive solver: the growth through the fixed-step surrogate of the steps accepted on x
     net = unroll(model, x if adaptive else None, fixed_steps=adaptive).module
     if not isinstance(net, StaticNet):

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .certify import METHODS, Certifier, CertifyError, check_method, check_norm
-from .unroll import adaptive_refusal
+from .certify import METHODS, Certifier, CertifyError, check_adaptive, check_method, check_norm
+from .unroll import is_adaptive
 from .compare import empirical_radius, measured_growth, ratio, soundness_flags, summarize, summary_table
 
 #: default ε grid of the summary table and search ceilings, per norm. The L2 grid brackets what CROWN
@@ -140,11 +140,9 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
     methods = [check_method(m) for m in methods]
     if not methods:
         raise CertifyError("no certification method given")
-    adaptive = not getattr(getattr(model, "solver", None), "is_fixed", True)
-    if adaptive and not fixed_steps:
-        raise CertifyError(adaptive_refusal(model.solver))
-    if adaptive and "lipschitz" in methods:
-        raise CertifyError("lipschitz: lipbound has no bound of an adaptive solver's fixed-step surrogate")
+    for m in methods:
+        check_adaptive(model, m, fixed_steps)
+    adaptive = is_adaptive(model)
     eps_list = tuple(eps_list or DEFAULT_EPS[norm])
     out = Path(out)
     path = results_path(out, shard)
@@ -180,10 +178,13 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
             for m in methods:
                 certifiers[m] = Certifier(model, norm, m, x_clean=xi, fixed_steps=True)
                 certifiers[m].search_ratios.extend(ratios[m])
-            first = certifiers[methods[0]]
-            rec["lowering"], rec["adaptive_distance"] = first.description, _surrogate_distance(first, model, xi)
-        covered = certifiers[methods[0]].covered_model()
-        rec["certificate_covers"] = certifiers[methods[0]].covers
+        first = certifiers[methods[0]]
+        covered = first.covered_model()
+        rec["certificate_covers"] = first.covers
+        if adaptive:
+            with torch.no_grad():
+                distance = float((covered(xi) - model(xi)).abs().max())
+            rec["lowering"], rec["adaptive_distance"] = first.description, distance
         emp, growth = math.inf, None
         attack_start = time.perf_counter()
         if attack and rec["correct"]:
@@ -213,12 +214,6 @@ def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | o
         if on_record is not None:
             on_record(rec)
     return write_summary(out, read_records(path), methods, eps_list, shard)
-
-
-def _surrogate_distance(cert: Certifier, model: nn.Module, x: torch.Tensor) -> float:
-    """max |logits| difference between the deployed adaptive solve and the certified surrogate on x."""
-    with torch.no_grad():
-        return float((cert.covered_model()(x) - model(x)).abs().max())
 
 
 def _shard_worker(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str, kwargs: dict[str, Any],
@@ -271,8 +266,8 @@ def certify_parallel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: st
     for m in methods:
         check_method(m)
     norm = check_norm(norm)
-    if not fixed_steps and not getattr(getattr(model, "solver", None), "is_fixed", True):
-        raise CertifyError(adaptive_refusal(model.solver))
+    for m in methods:
+        check_adaptive(model, m, fixed_steps)
     out = Path(out)
     _prepare(out, config, resume)
     paths = [results_path(out, (k, jobs)) for k in range(1, jobs + 1)]

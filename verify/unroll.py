@@ -61,6 +61,12 @@ class AdaptiveSolverError(UnsupportedLayerError):
     """An adaptive solver, whose deployed step sequence no fixed graph reproduces on a whole ball."""
 
 
+def is_adaptive(model: nn.Module) -> bool:
+    """True for an ODE-net on an adaptive solver (no fixed graph is its deployed forward)."""
+    solver = getattr(model, "solver", None)
+    return solver is not None and not getattr(solver, "is_fixed", True)
+
+
 def adaptive_refusal(solver: object) -> str:
     """The one-line reason an adaptive model is not certified (and what can be)."""
     describe = getattr(solver, "describe", None)
@@ -97,45 +103,42 @@ class Unrolled:
     covers: str = COVERS_DEPLOYED
 
 
-def _check_options(layer: nn.Module, where: str) -> None:
-    # auto_LiRPA 0.3 traces a non-zero padding mode as an F.pad node it cannot bound (and the
-    # time plane of a field conv is folded in assuming zero padding); the dense CROWN engine
-    # handles every mode exactly.
-    if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
-        raise UnsupportedLayerError(
-            f"cannot verify layer {where} (Conv2d, padding_mode={layer.padding_mode!r}) with auto_LiRPA: only "
-            "zero padding is bounded there; the dense CROWN engine (method crown, engine auto) handles it"
-        )
-    # auto_LiRPA 0.3's average pooling assumes no padding, ceil_mode=False and count_include_pad
-    # (its bounds of a padded pool were beaten by attacks); its max pooling assumes no padding.
-    if isinstance(layer, nn.AvgPool2d):
-        pad = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
-        if any(pad) or layer.ceil_mode or not layer.count_include_pad or layer.divisor_override:
-            raise UnsupportedLayerError(
-                f"cannot verify layer {where} (AvgPool2d with padding={layer.padding}, ceil_mode={layer.ceil_mode}, "
-                f"count_include_pad={layer.count_include_pad}) with auto_LiRPA: only unpadded average pooling is "
-                "bounded there; the dense CROWN engine (method crown, engine auto) handles it")
-    # the soundness campaign (benchmarks/soundness.py) beat auto_LiRPA 0.3's bounds through
-    # dilated or grouped convolutions and through overlapping (stride < kernel) pooling
-    if isinstance(layer, nn.Conv2d) and (tuple(layer.dilation) != (1, 1) or layer.groups != 1):
-        raise UnsupportedLayerError(
-            f"cannot verify layer {where} (Conv2d, dilation={layer.dilation}, groups={layer.groups}) with "
-            "auto_LiRPA 0.3 (its bounds were beaten by attacks); the dense CROWN engine handles it")
+def _two(v: int | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
+def _lirpa_unsupported(layer: nn.Module) -> str | None:
+    """The option of ``layer`` auto_LiRPA 0.3 cannot bound soundly, or None.
+
+    A non-zero padding mode is traced as an F.pad node it cannot bound (and a field conv's
+    time plane is folded in assuming zero padding); its pooling assumes no padding, no
+    ceil_mode and count_include_pad; and the soundness campaign (benchmarks/soundness.py)
+    beat its bounds through dilated or grouped convolutions and overlapping pooling windows.
+    """
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            return f"padding_mode={layer.padding_mode!r}"
+        if _two(layer.dilation) != (1, 1) or layer.groups != 1:
+            return f"dilation={layer.dilation}, groups={layer.groups}"
     if isinstance(layer, (nn.AvgPool2d, nn.MaxPool2d)):
-        k = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
-        st = layer.stride if isinstance(layer.stride, tuple) else (layer.stride,) * 2
-        if any(a < b for a, b in zip(st, k)):
-            raise UnsupportedLayerError(
-                f"cannot verify layer {where} ({type(layer).__name__}, kernel {layer.kernel_size}, stride "
-                f"{layer.stride}) with auto_LiRPA 0.3: overlapping pooling windows were bounded unsoundly there"
-                + ("; the dense CROWN engine handles average pooling" if isinstance(layer, nn.AvgPool2d) else ""))
-    if isinstance(layer, nn.MaxPool2d):
-        pad = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
-        dil = layer.dilation if isinstance(layer.dilation, tuple) else (layer.dilation,)
-        if any(pad) or any(d != 1 for d in dil) or layer.ceil_mode:
-            raise UnsupportedLayerError(
-                f"cannot verify layer {where} (MaxPool2d with padding={layer.padding}, dilation={layer.dilation}, "
-                f"ceil_mode={layer.ceil_mode}): auto_LiRPA 0.3 bounds only unpadded, undilated max pooling")
+        if any(_two(layer.padding)) or layer.ceil_mode:
+            return f"padding={layer.padding}, ceil_mode={layer.ceil_mode}"
+        if any(s < k for s, k in zip(_two(layer.stride or layer.kernel_size), _two(layer.kernel_size))):
+            return f"kernel {layer.kernel_size}, stride {layer.stride}: overlapping windows"
+    if isinstance(layer, nn.AvgPool2d) and (not layer.count_include_pad or layer.divisor_override):
+        return f"count_include_pad={layer.count_include_pad}, divisor_override={layer.divisor_override}"
+    if isinstance(layer, nn.MaxPool2d) and any(d != 1 for d in _two(layer.dilation)):
+        return f"dilation={layer.dilation}"
+    return None
+
+
+def _check_options(layer: nn.Module, where: str) -> None:
+    why = _lirpa_unsupported(layer)
+    if why is not None:
+        raise UnsupportedLayerError(
+            f"cannot verify layer {where} ({type(layer).__name__}, {why}) with auto_LiRPA 0.3, which bounds it "
+            "unsoundly or not at all; the dense CROWN engine (method crown, engine auto) handles every "
+            "convolution and average pooling")
 
 
 def _check_layers(seq: nn.Module, where: str) -> None:
