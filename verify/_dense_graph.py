@@ -371,11 +371,12 @@ class _Builder:
             else:
                 raise GraphError(f"layer {name} ({type(layer).__name__}) has no dense affine–ReLU form")
 
-    def _conv(self, conv: ConcatConv2d, t: float) -> tuple[torch.Tensor, torch.Tensor, _ConvT | None]:
-        """(W, β(t), W as a convolution) of a field convolution on the state, the time plane folded into β."""
+    def _conv(self, conv: ConcatConv2d, t: float, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                  _ConvT | None]:
+        """(W, β(t), W as a convolution) of a field convolution on inputs of ``shape``, the time plane
+        folded into β."""
         src = conv.conv
         tc = int(conv.time_channel)
-        shape = self.shape
 
         def apply(h: torch.Tensor) -> torch.Tensor:
             if tc:
@@ -393,8 +394,10 @@ class _Builder:
         b = tuple(weights) if weights is not None else tab.b_float
         s = len(b)
         needed = [b[i] != 0.0 or any(a[k][i] != 0.0 for k in range(i + 1, s)) for i in range(s)]
-        w2, _, conv2 = self._conv(field.conv2, 0.0)
-        beta2 = [self._conv(field.conv2, t0 + c[j] * dt)[1] for j in range(s)]
+        with torch.no_grad():
+            hidden = tuple(field.conv1(torch.zeros(()), torch.zeros(1, *self.shape)).shape[1:])
+        w2, _, conv2 = self._conv(field.conv2, 0.0, hidden)
+        beta2 = [self._conv(field.conv2, t0 + c[j] * dt, hidden)[1] for j in range(s)]
         ks: dict[int, int] = {}
         dim = self.nodes[y].dim
         for i in range(s):
@@ -407,7 +410,7 @@ class _Builder:
                                         coef=(1.0, *(dt * a[i][j] for j in terms)), dim=dim))
             else:
                 yi = y
-            w1, b1, conv1 = self._conv(field.conv1, t0 + c[i] * dt)
+            w1, b1, conv1 = self._conv(field.conv1, t0 + c[i] * dt, self.shape)
             p = self._append(_Node("affine", (yi,), w1, b1, dim=w1.shape[0], l2_dev=w1.norm(dim=1), conv=conv1))
             z = self._append(_Node("relu", (p,), dim=w1.shape[0]))
             ks[i] = self._append(_Node("affine", (z,), w2, torch.zeros(w2.shape[0], dtype=w2.dtype, device=w2.device),

@@ -120,6 +120,72 @@ def _patch_maxpool_alpha_size(bound_maxpool: type) -> None:
     _PATCHED.append("BoundMaxPool.init_opt_parameters(start-node sizes)")
 
 
+def _patch_lp_patches_concretize(perturbation: type) -> None:
+    # ℓp (p < ∞) concretisation of a Patches bound: PerturbationLpNorm.concretize_patches turns the
+    # patches into a dense matrix with patches_to_matrix, which ignores the patches' output padding
+    # (a strided convolution whose last input rows/columns the transposed convolution does not
+    # reach). The bound then loses those columns and can exceed the true minimum (soundness
+    # campaign trial 8906: margin bound 3.3e-4 above an attacked point). Patches.matmul does honour
+    # the output padding, and a dense row's entries are one patch's entries inside the input, so
+    # A·x = A.matmul(x) and ‖row‖_q = (|A|^q).matmul(1)^(1/q), exactly, without the dense matrix.
+    original = perturbation.concretize_patches
+    if getattr(original, "_honours_output_padding", False):
+        return
+
+    def concretize_patches(self: Any, x: Any, A: Any, sign: int, extra_constr: Any) -> Any:
+        if self.norm == np.inf or A.identity:
+            return original(self, x, A, sign, extra_constr)
+        q = float(self.dual_norm)
+        powered = A.create_similar(A.patches.abs() ** q)
+        deviation = powered.matmul(torch.ones_like(x)).clamp_min(0) ** (1.0 / q) * self.eps
+        bound = A.matmul(x) + sign * deviation
+        if extra_constr is not None:
+            bound = bound + extra_constr
+        return bound
+
+    concretize_patches._honours_output_padding = True  # type: ignore[attr-defined]
+    perturbation.concretize_patches = concretize_patches
+    _PATCHED.append("PerturbationLpNorm.concretize_patches(lp output padding)")
+
+
+def _patch_matmul_spec(bound_matmul: type, bound_linear: type, linear_bound: type) -> None:
+    # A bias-free nn.Linear exports as MatMul, and BoundMatMul subclasses BoundLinear; IBP and the
+    # forward mode hand the last such node the specification C (to merge into its weight), but
+    # BoundMatMul's overrides take no C: "interval_propagate() got an unexpected keyword argument
+    # 'C'". BoundLinear's own methods do merge C, given the weight in the layout BoundMatMul's
+    # overrides hand them.
+    if getattr(bound_matmul.interval_propagate, "_takes_spec", False):
+        return
+    original_forward = bound_matmul.bound_forward
+
+    def interval_propagate(self: Any, *v: Any, C: Any = None) -> Any:
+        return bound_linear.interval_propagate(self, *v, C=C)
+
+    def bound_forward(self: Any, dim_in: Any, x: Any, y: Any, C: Any = None) -> Any:
+        if C is None:
+            return original_forward(self, dim_in, x, y)
+        t = (lambda a: a.transpose(-1, -2) if a is not None else None)
+        y = linear_bound(t(y.lw), t(y.lb), t(y.uw), t(y.ub), t(y.lower), t(y.upper))
+        return bound_linear.bound_forward(self, dim_in, x, y, C=C)
+
+    interval_propagate._takes_spec = True  # type: ignore[attr-defined]
+    bound_matmul.interval_propagate = interval_propagate
+    bound_matmul.bound_forward = bound_forward
+    _PATCHED.append("BoundMatMul.interval_propagate/bound_forward(C)")
+
+
+def patches_safe(module: torch.nn.Module) -> bool:
+    """Whether auto_LiRPA 0.3's ``conv_mode="patches"`` can bound ``module``.
+
+    Its backward concretisation of a convolutional bound on a graph root other than the input
+    (a buffer, such as the time channel's per-position bias map) expands the root's value to
+    the *input's* shape and fails ("The expanded size of the tensor (14) must match the existing
+    size (3)") unless the shapes agree; ``"matrix"`` mode bounds the same graph and gives the
+    same bounds.
+    """
+    return next(module.buffers(), None) is None
+
+
 def import_auto_lirpa() -> types.ModuleType:
     """auto_LiRPA, imported after applying every compatibility patch.
 
@@ -136,6 +202,11 @@ def import_auto_lirpa() -> types.ModuleType:
 
     _patch_named_members(auto_LiRPA.BoundedModule)
     _patch_maxpool_alpha_size(BoundMaxPool)
+    _patch_lp_patches_concretize(auto_LiRPA.PerturbationLpNorm)
+    from auto_LiRPA.linear_bound import LinearBound
+    from auto_LiRPA.operators.linear import BoundLinear, BoundMatMul
+
+    _patch_matmul_spec(BoundMatMul, BoundLinear, LinearBound)
     return auto_LiRPA
 
 

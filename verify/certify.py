@@ -35,17 +35,19 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._lirpa_compat import import_auto_lirpa
+from ._lirpa_compat import import_auto_lirpa, patches_safe
 from .crown import Crown, DenseGraph, GraphError
-from .unroll import COVERS_DEPLOYED, COVERS_SURROGATE, Unrolled, accepted_steps, adaptive_refusal, is_adaptive, unroll
+from .unroll import COVERS_DEPLOYED, COVERS_SURROGATE, UnsupportedLayerError, Unrolled, accepted_steps, adaptive_refusal, is_adaptive, unroll
 
 #: CLI name -> auto_LiRPA method ("lipschitz" is handled by lipbound).
 METHODS: dict[str, str] = {"ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized",
@@ -60,6 +62,29 @@ DROP_EXPONENT = 3.0
 
 class CertifyError(ValueError):
     """Bad arguments to a certification call."""
+
+
+class EngineError(CertifyError):
+    """auto_LiRPA 0.3 failed inside its own code on a model it accepted (a shape it mishandles);
+    the message names its error. No bound is returned, so nothing unsound comes out."""
+
+
+@contextlib.contextmanager
+def _in_auto_lirpa() -> Iterator[None]:
+    """Turns a failure inside auto_LiRPA into one :class:`EngineError` (our own errors pass)."""
+    try:
+        yield
+    except (CertifyError, UnsupportedLayerError):
+        raise
+    except NotImplementedError as err:  # its own "not supported yet": a refusal, named
+        first = str(err).strip().split(". ")[0]
+        raise UnsupportedLayerError(f"auto_LiRPA 0.3 cannot bound this model: {first[:200]}") from err
+    except Exception as err:  # noqa: BLE001 - re-raised as EngineError with the original chained
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+        raise EngineError(
+            f"auto_LiRPA 0.3 could not bound this model ({type(err).__name__}: {first[:200]}); "
+            "method crown with engine auto uses the dense engine where the model has a dense graph"
+        ) from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +270,7 @@ class Certifier:
         self._bm: Any = None
         #: radius / clean margin of the examples searched so far (the search's starting point).
         self.search_ratios: list[float] = []
+        self._default_opts = bound_opts is None
         self.bound_opts = dict(bound_opts) if bound_opts is not None else {"conv_mode": "patches"}
         if self.method == "alpha-crown":
             # auto_LiRPA 0.3's α-CROWN fails in "patches" mode (an assertion through max-pooling,
@@ -295,8 +321,11 @@ class Certifier:
         if self._bm is None:
             lirpa = import_auto_lirpa()
             dummy = torch.zeros(self.batch_size, *self.input_shape, device=self.device)
-            bm = lirpa.BoundedModule(self.unrolled.module, dummy, bound_opts=self.bound_opts,
-                                     device=str(self.device))
+            if self._default_opts and not patches_safe(self.unrolled.module):
+                self.bound_opts = {**self.bound_opts, "conv_mode": "matrix"}
+            with _in_auto_lirpa():
+                bm = lirpa.BoundedModule(self.unrolled.module, dummy, bound_opts=self.bound_opts,
+                                         device=str(self.device))
             if self.norm == "2":
                 _check_l2_input(bm)
             self._bm = bm
@@ -372,11 +401,8 @@ class Certifier:
         if reference:
             kwargs["aux_reference_bounds"] = reference
         bm = self.bounded_module
-        if self.method == "alpha-crown":
+        with _in_auto_lirpa(), (contextlib.nullcontext() if self.method == "alpha-crown" else torch.no_grad()):
             lower, _ = bm.compute_bounds(x=(self._input(x, eps_t),), **kwargs)
-        else:
-            with torch.no_grad():
-                lower, _ = bm.compute_bounds(x=(self._input(x, eps_t),), **kwargs)
         return lower.detach()
 
     def _lipschitz_constant(self) -> float:

@@ -111,11 +111,14 @@ def _lirpa_unsupported(layer: nn.Module) -> str | None:
     """The option of ``layer`` auto_LiRPA 0.3 cannot bound soundly, or None.
 
     A non-zero padding mode is traced as an F.pad node it cannot bound (and a field conv's
-    time plane is folded in assuming zero padding); its pooling assumes no padding, no
+    time plane is folded in assuming zero padding); a string padding ("same") exports without
+    the pads its convolution reads (KeyError 'pads'); its pooling assumes no padding, no
     ceil_mode and count_include_pad; and the soundness campaign (benchmarks/soundness.py)
     beat its bounds through dilated or grouped convolutions and overlapping pooling windows.
     """
     if isinstance(layer, nn.Conv2d):
+        if isinstance(layer.padding, str):  # exported without the "pads" its Conv node reads
+            return f"padding={layer.padding!r} (give the padding as integers)"
         if layer.padding_mode != "zeros":
             return f"padding_mode={layer.padding_mode!r}"
         if _two(layer.dilation) != (1, 1) or layer.groups != 1:
@@ -175,11 +178,15 @@ def _scaled_conv(conv: ConcatConv2d, scale: float, bias: torch.Tensor | None) ->
 
 
 class _BiasMap(nn.Module):
-    """Adds a fixed per-position bias map (1, C, H, W)."""
+    """Adds a fixed per-position bias map (1, C, H, W).
+
+    A buffer: auto_LiRPA 0.3 bounds an added parameter as a perturbable root and fails
+    (an assertion in its broadcast of the bound matrix) where it adds a buffer as a constant.
+    """
 
     def __init__(self, bias: torch.Tensor) -> None:
         super().__init__()
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.register_buffer("bias", bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias

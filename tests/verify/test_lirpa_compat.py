@@ -73,3 +73,13 @@ def test_alpha_crown_through_maxpool_is_sound_and_no_looser_than_crown():
     for _ in range(100):
         out = net(x + 0.1 * (2 * torch.rand_like(x) - 1)).detach()
         assert (out >= alpha.detach() - 1e-5).all()
+
+
+def test_lp_patches_concretisation_is_patched_once():
+    # the bound itself is checked in tests/verify/test_soundness_regressions.py (trial 8906)
+    lirpa = import_auto_lirpa()
+    import_auto_lirpa()
+    fn = lirpa.PerturbationLpNorm.concretize_patches
+    assert getattr(fn, "_honours_output_padding", False)
+    from verify._lirpa_compat import applied_patches
+    assert applied_patches().count("PerturbationLpNorm.concretize_patches(lp output padding)") == 1

@@ -59,6 +59,8 @@ def test_200_random_trials_have_no_violation_and_check_every_method(tmp_path) ->
     s = soundness.summarize(records, 0.0)
     assert s["trials"] == TRIALS
     assert s["violations"] == 0, soundness.markdown(s)
+    # every failure is a clear error of ours (refused) or of auto_LiRPA's (failed), not a crash
+    assert sum(row["crashed"] + row["invalid"] for row in s["table"]) == 0, soundness.markdown(s)
     checked: dict[str, int] = {}
     for row in s["table"]:
         key = f"{row['method']}/{row['engine']}"

@@ -190,3 +190,111 @@ def test_padded_average_pooling(pool, held_out):
             certify(net, x, y, 0.05, "inf", method, engine=engine)
     res = certify(net, x, y, 0.05, "inf", "crown")  # the dense engine bounds the exact pooling matrix
     assert float((min_margins(net, x, int(y), 0.05, "inf") - res.lower[0]).min()) >= -SLACK
+
+
+def test_l2_crown_through_a_strided_conv_that_skips_its_last_column():
+    # found by the soundness campaign (trial 8906): auto_LiRPA 0.3's L2 concretisation of a
+    # convolutional ("patches") bound dropped the output padding of a stride-2 convolution whose
+    # transposed convolution does not reach the last input column, and its CROWN bound rose 3.3e-4
+    # above an attacked point. The pre-activation bounds of a ReLU after two convolutions hold for
+    # a linear map over the L2 ball, a·x + b ± ε‖a‖ per neuron at the tightest, and "patches" must
+    # give what the dense "matrix" mode gives.
+    torch.manual_seed(0)
+    convs = nn.Sequential(nn.Conv2d(1, 3, 2, stride=2), nn.Conv2d(3, 1, 3, stride=2, padding=2))
+    net = nn.Sequential(*convs, nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
+    net.input_shape, net.num_classes = (1, 11, 13), 3
+    x = torch.rand(1, 1, 11, 13)
+    y = torch.tensor([int(net(x).argmax())])
+    eps = 0.07
+    jac = torch.autograd.functional.jacobian(lambda z: convs(z).flatten(), x).reshape(16, -1)
+    with torch.no_grad():
+        mid = convs(x).flatten()
+    tightest = (mid - eps * jac.norm(dim=1), mid + eps * jac.norm(dim=1))
+    got = {}
+    for mode in ("patches", "matrix"):
+        cert = Certifier(net, "2", "crown", 1, x, {"conv_mode": mode}, "auto_lirpa")
+        margins = cert.margins(x, y, eps)[0]
+        (lo, hi), = cert.reference().values()
+        assert bool((lo.flatten() <= tightest[0] + 1e-6).all()), (mode, (lo.flatten() - tightest[0]).max())
+        assert bool((hi.flatten() >= tightest[1] - 1e-6).all()), mode
+        got[mode] = torch.cat([margins, lo.flatten(), hi.flatten()])
+    assert torch.allclose(got["patches"], got["matrix"], atol=1e-6)
+
+
+@pytest.mark.parametrize("time_channel", [False, True])
+def test_dense_crown_on_a_field_whose_hidden_width_differs_from_its_channels(time_channel, held_out):
+    # found by the soundness campaign: the dense engine built the second field convolution's matrix
+    # on the state's shape instead of the hidden one and crashed ("expected input to have 3 channels")
+    from models.fields import VerifiableField
+
+    torch.manual_seed(0)
+    net = ODENet(channels=2, solver=SolverConfig.fixed("rk4", 2), input_size=14, time_channel=time_channel).eval()
+    net.block.field = VerifiableField(2, 5, time_channel)
+    x = held_out[0][:1, :, ::2, ::2].contiguous()
+    y = net(x).argmax(1)
+    cert = Certifier(net, "inf", "crown", 1, x)
+    assert cert.engine == "dense"
+    lower = cert.margins(x, y, 0.02)[0]
+    assert float((min_margins(net, x, int(y), 0.02, "inf") - lower).min()) >= -SLACK
+    if not time_channel:  # auto_LiRPA gives the same CROWN bound
+        ref = certify(net, x, y, 0.02, "inf", "crown", engine="auto_lirpa").lower[0]
+        assert torch.allclose(lower, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ibp", "forward"])
+def test_bias_free_last_linear_layer_through_auto_lirpa(method):
+    # found by the soundness campaign: a bias-free nn.Linear exports as MatMul, whose auto_LiRPA 0.3
+    # node took no specification ("interval_propagate() got an unexpected keyword argument 'C'").
+    # On a linear net, IBP and the forward mode with the specification merged into the last
+    # weight give the exact margin bound over the box: c·x − ε‖c‖₁ away from [0, 1]'s faces.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 4, bias=False)).eval()
+    net.input_shape, net.num_classes = (1, 6, 6), 4
+    x = 0.25 + 0.5 * torch.rand(1, 1, 6, 6)
+    y = int(net(x).argmax())
+    w = net[1].weight.detach()
+    c = torch.stack([w[y] - w[j] for j in range(4) if j != y])
+    eps = 0.1
+    want = c @ x.flatten() - eps * c.abs().sum(1)
+    got = certify(net, x, torch.tensor([y]), eps, "inf", method).lower[0]
+    assert torch.allclose(got, want, atol=1e-5), (got, want)
+    deep = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 4, bias=False)).eval()
+    deep.input_shape, deep.num_classes = (1, 6, 6), 4
+    yd = int(deep(x).argmax())
+    lower = certify(deep, x, torch.tensor([yd]), eps, "inf", method).lower[0]
+    assert float((min_margins(deep, x, yd, eps, "inf") - lower).min()) >= -SLACK
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_time_channel_resnet_through_auto_lirpa(norm, held_out):
+    # found by the soundness campaign: the time plane's per-position bias map (a parameter, then a
+    # graph root) crashed auto_LiRPA 0.3 ("The expanded size of the tensor (14) must match the
+    # existing size (3)", an assertion in its broadcast); it is now a buffer, bounded in "matrix"
+    # mode, and gives the dense engine's CROWN bound
+    from models import ResNet
+
+    torch.manual_seed(3)
+    net = ResNet(channels=3, n_blocks=2, time_channel=True, input_size=14).eval()
+    x = held_out[0][:1, :, ::2, ::2].contiguous()
+    y = net(x).argmax(1)
+    eps = 0.01 if norm == "inf" else 0.05
+    auto = certify(net, x, y, eps, norm, "crown", engine="auto_lirpa").lower[0]
+    dense = certify(net, x, y, eps, norm, "crown").lower[0]
+    assert torch.allclose(auto, dense, atol=1e-4), (auto - dense).abs().max()
+    assert float((min_margins(net, x, int(y), eps, norm) - auto).min()) >= -SLACK
+
+
+def test_auto_lirpa_failing_inside_its_code_is_one_clear_error():
+    # found by the soundness campaign: a 2x2 max pooling that drops the last row of an 11x8 input
+    # made auto_LiRPA 0.3 fail deep in a TorchScript kernel (the dense engine has no max pooling);
+    # the user gets one EngineError naming it, and no bound
+    from verify.certify import EngineError
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(20, 3)).eval()
+    net.input_shape, net.num_classes = (1, 11, 8), 3
+    x = torch.rand(1, 1, 11, 8)
+    y = net(x).argmax(1)
+    for engine in ("auto", "auto_lirpa"):
+        with pytest.raises(EngineError, match=r"auto_LiRPA 0\.3 could not bound this model \(RuntimeError"):
+            certify(net, x, y, 0.02, "inf", "crown", engine=engine)
