@@ -84,59 +84,73 @@ def run_checks(attack: Attack, x: torch.Tensor, y: torch.Tensor, result: AttackR
     Returns:
         the check results, in a fixed order.
     """
-    model, norm, eps = attack.model, attack.norm, _eps(attack)
-    m = x.shape[0]
     robust = float((~result.success).float().mean())
-    checks: list[CheckResult] = []
+    return [
+        _iterative_vs_single_step(attack, x, y, robust, seed),
+        _unbounded_reaches_100(attack, x, y, unbounded_steps, seed),
+        _eps_sweep_monotone(attack, x, y, robust, seed),
+        _double_steps(attack, x, y, robust, steps_tolerance, seed),
+        _gradient_check(attack.model, x, y),
+        _randomized_without_eot(attack, x),
+        _white_vs_black_box(attack, x, y, result, black_box_queries, seed),
+    ]
 
-    # 1. An iterative attack is at least as strong as a single gradient step.
+
+def _iterative_vs_single_step(attack: Attack, x: torch.Tensor, y: torch.Tensor, robust: float,
+                              seed: int) -> CheckResult:
+    """An iterative attack is at least as strong as a single gradient step."""
+    eps = _eps(attack)
     if attack.budget_arg is None or math.isinf(eps):
-        checks.append(CheckResult("iterative_vs_single_step", "skip",
-                                  "single-step or unbounded attack: nothing to compare"))
-    else:
-        fg = FGSM(model, eps, norm, seed=seed)(x, y)
-        fg_robust = float((~fg.success).float().mean())
-        ok = robust <= fg_robust + 1e-9
-        checks.append(CheckResult("iterative_vs_single_step", "pass" if ok else "fail",
-                                  f"robust accuracy {robust:.3f} vs FGSM {fg_robust:.3f} on {m} examples"))
+        return CheckResult("iterative_vs_single_step", "skip", "single-step or unbounded attack: nothing to compare")
+    fg = FGSM(attack.model, eps, attack.norm, seed=seed)(x, y)
+    fg_robust = float((~fg.success).float().mean())
+    ok = robust <= fg_robust + 1e-9
+    return CheckResult("iterative_vs_single_step", "pass" if ok else "fail",
+                       f"robust accuracy {robust:.3f} vs FGSM {fg_robust:.3f} on {x.shape[0]} examples")
 
-    # 2. With no budget the attack must reach 100 % success.
-    unb = PGD(model, math.inf, norm, steps=unbounded_steps, loss="margin", seed=seed)(x, y)
+
+def _unbounded_reaches_100(attack: Attack, x: torch.Tensor, y: torch.Tensor, unbounded_steps: int,
+                           seed: int) -> CheckResult:
+    """With no budget the attack must reach 100 % success."""
+    unb = PGD(attack.model, math.inf, attack.norm, steps=unbounded_steps, loss="margin", seed=seed)(x, y)
     rate = unb.success_rate
-    checks.append(CheckResult("unbounded_reaches_100", "pass" if rate == 1.0 else "fail",
-                              f"unbounded PGD-{unbounded_steps} success {rate:.3f} on {m} examples"))
+    return CheckResult("unbounded_reaches_100", "pass" if rate == 1.0 else "fail",
+                       f"unbounded PGD-{unbounded_steps} success {rate:.3f} on {x.shape[0]} examples")
 
-    # 3. Accuracy is non-increasing along an ε sweep.
+
+def _eps_sweep_monotone(attack: Attack, x: torch.Tensor, y: torch.Tensor, robust: float, seed: int) -> CheckResult:
+    """Accuracy is non-increasing along an ε sweep."""
+    eps = _eps(attack)
     if math.isinf(eps) or eps == 0:
-        checks.append(CheckResult("eps_sweep_monotone", "skip", "no finite positive eps to sweep"))
-    else:
-        accs = [1.0]
-        for frac in (0.25, 0.5):
-            r = variant(attack, seed, eps=eps * frac)(x, y)
-            accs.append(float((~r.success).float().mean()))
-        accs.append(robust)
-        slack = 1.0 / m + 1e-9
-        ok = all(b <= a + slack for a, b in zip(accs[:-1], accs[1:]))
-        checks.append(CheckResult("eps_sweep_monotone", "pass" if ok else "fail",
-                                  "robust accuracy at eps x (0, 0.25, 0.5, 1): "
-                                  + ", ".join(f"{a:.3f}" for a in accs)))
+        return CheckResult("eps_sweep_monotone", "skip", "no finite positive eps to sweep")
+    accs = [1.0]
+    for frac in (0.25, 0.5):
+        r = variant(attack, seed, eps=eps * frac)(x, y)
+        accs.append(float((~r.success).float().mean()))
+    accs.append(robust)
+    slack = 1.0 / x.shape[0] + 1e-9
+    ok = all(b <= a + slack for a, b in zip(accs[:-1], accs[1:]))
+    return CheckResult("eps_sweep_monotone", "pass" if ok else "fail",
+                       "robust accuracy at eps x (0, 0.25, 0.5, 1): " + ", ".join(f"{a:.3f}" for a in accs))
 
-    # 4. Doubling the budget does not change the result much.
+
+def _double_steps(attack: Attack, x: torch.Tensor, y: torch.Tensor, robust: float, steps_tolerance: float,
+                  seed: int) -> CheckResult:
+    """Doubling the budget does not change the result much."""
     arg = attack.budget_arg
     if arg is None:
-        checks.append(CheckResult("double_steps", "skip", "single-step attack"))
-    else:
-        doubled = variant(attack, seed, **{arg: 2 * getattr(attack, arg)})(x, y)
-        d_robust = float((~doubled.success).float().mean())
-        ok = abs(d_robust - robust) <= steps_tolerance
-        checks.append(CheckResult("double_steps", "pass" if ok else "fail",
-                                  f"robust accuracy {robust:.3f} with {arg}={getattr(attack, arg)}, "
-                                  f"{d_robust:.3f} with twice as many (tolerance {steps_tolerance})"))
+        return CheckResult("double_steps", "skip", "single-step attack")
+    doubled = variant(attack, seed, **{arg: 2 * getattr(attack, arg)})(x, y)
+    d_robust = float((~doubled.success).float().mean())
+    ok = abs(d_robust - robust) <= steps_tolerance
+    return CheckResult("double_steps", "pass" if ok else "fail",
+                       f"robust accuracy {robust:.3f} with {arg}={getattr(attack, arg)}, "
+                       f"{d_robust:.3f} with twice as many (tolerance {steps_tolerance})")
 
-    # 5. Gradients at the clean inputs are finite and not zero (gradient masking).
-    checks.append(_gradient_check(model, x, y))
 
-    # 6. A randomized model must be attacked with EOT.
+def _randomized_without_eot(attack: Attack, x: torch.Tensor) -> CheckResult:
+    """A randomized model must be attacked with EOT."""
+    model = attack.model
     modes = [(mod, mod.training) for mod in model.modules()]
     try:
         model.eval()
@@ -145,29 +159,29 @@ def run_checks(attack: Attack, x: torch.Tensor, y: torch.Tensor, result: AttackR
     finally:
         for mod, training in modes:
             mod.training = training
-    randomized = not torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-    if not randomized:
-        checks.append(CheckResult("randomized_without_eot", "pass", "two forward passes agree: deterministic model"))
-    else:
-        ok = attack.grad_samples > 1
-        checks.append(CheckResult("randomized_without_eot", "pass" if ok else "fail",
-                                  "repeated forward passes disagree; attack "
-                                  + (f"averages {attack.grad_samples} samples (EOT)" if ok else "uses no EOT")))
+    if torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+        return CheckResult("randomized_without_eot", "pass", "two forward passes agree: deterministic model")
+    ok = attack.grad_samples > 1
+    return CheckResult("randomized_without_eot", "pass" if ok else "fail",
+                       "repeated forward passes disagree; attack "
+                       + (f"averages {attack.grad_samples} samples (EOT)" if ok else "uses no EOT"))
 
-    # 7. A white-box attack is stronger than a black-box one.
+
+def _white_vs_black_box(attack: Attack, x: torch.Tensor, y: torch.Tensor, result: AttackResult,
+                        black_box_queries: int, seed: int) -> CheckResult:
+    """A white-box attack is stronger than a black-box one."""
     if isinstance(attack, BoundaryAttack):
-        checks.append(CheckResult("white_vs_black_box", "skip", "the attack is the black-box attack"))
-    else:
-        bb = BoundaryAttack(model, max_queries=black_box_queries, seed=seed)(x, y)
-        within = bb.success & (lp_norm(bb.x_adv - x, norm) <= eps + 1e-6)
-        beaten = int((within & ~result.success).sum())
-        checks.append(CheckResult("white_vs_black_box", "fail" if beaten else "pass",
-                                  f"Boundary Attack ({black_box_queries} queries) found {int(within.sum())} "
-                                  f"adversarials within eps, {beaten} where the white-box attack failed"))
-    return checks
+        return CheckResult("white_vs_black_box", "skip", "the attack is the black-box attack")
+    bb = BoundaryAttack(attack.model, max_queries=black_box_queries, seed=seed)(x, y)
+    within = bb.success & (lp_norm(bb.x_adv - x, attack.norm) <= _eps(attack) + 1e-6)
+    beaten = int((within & ~result.success).sum())
+    return CheckResult("white_vs_black_box", "fail" if beaten else "pass",
+                       f"Boundary Attack ({black_box_queries} queries) found {int(within.sum())} "
+                       f"adversarials within eps, {beaten} where the white-box attack failed")
 
 
 def _gradient_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
+    """Gradients at the clean inputs are finite and not zero (gradient masking)."""
     modes = [(mod, mod.training) for mod in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:

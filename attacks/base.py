@@ -267,20 +267,7 @@ class Attack:
             start = time.perf_counter()
             with with_solver(model, self.attack_solver):
                 raw = self._perturb(x, y).detach()
-            if raw.shape != x.shape:
-                raise RuntimeError(f"{type(self).__name__}._perturb returned shape {tuple(raw.shape)}")
-            delta = raw - x
-            if self.ball.bounded:
-                delta = self.ball.project(delta)
-            x_adv = (x + delta).clamp(0.0, 1.0)
-            if self._all_known(raw, x_adv):
-                # every returned point is an iterate the attack itself found misclassified,
-                # under the scoring solver and bit for bit: scoring it again would repeat that pass
-                success = torch.ones_like(y, dtype=torch.bool)
-            else:
-                with torch.no_grad(), with_solver(model, self.eval_solver):
-                    success = model(x_adv).argmax(dim=1) != y
-                    self._nfe += model_nfe(model)
+            x_adv, success = self._project_and_score(x, y, raw)
         finally:
             for m, training in modes:
                 m.training = training
@@ -294,6 +281,24 @@ class Attack:
             queries=self._queries, iterations=self._iterations, seconds=seconds, nfe=self._nfe,
             attack=self.name, norm=self.norm, eps=eps, clean_correct=clean_correct,
         )
+
+    def _project_and_score(self, x: torch.Tensor, y: torch.Tensor,
+                           raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_adv, success): ``_perturb``'s output projected onto the ball and the box, and scored."""
+        if raw.shape != x.shape:
+            raise RuntimeError(f"{type(self).__name__}._perturb returned shape {tuple(raw.shape)}")
+        delta = raw - x
+        if self.ball.bounded:
+            delta = self.ball.project(delta)
+        x_adv = (x + delta).clamp(0.0, 1.0)
+        if self._all_known(raw, x_adv):
+            # every returned point is an iterate the attack itself found misclassified,
+            # under the scoring solver and bit for bit: scoring it again would repeat that pass
+            return x_adv, torch.ones_like(y, dtype=torch.bool)
+        with torch.no_grad(), with_solver(self.model, self.eval_solver):
+            success = self.model(x_adv).argmax(dim=1) != y
+            self._nfe += model_nfe(self.model)
+        return x_adv, success
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The algorithm: candidate adversarial inputs for (x, y), same shape as x.

@@ -107,12 +107,23 @@ class BoundaryAttack(Attack):
 
     @torch.no_grad()
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        dev = x.device
-        all_idx = torch.arange(n, device=dev)
         best = x.clone()
+        found, start = self._initial_adversarials(x, y)
+        walk = (found & (self._queries < self.max_queries)).nonzero().squeeze(1)
+        walk = walk[(start[walk] - x[walk]).flatten(1).norm(dim=1) > 0]
+        if walk.numel() == 0:
+            return best
+        best[walk] = self._bisect(x[walk], start[walk], y[walk], walk)
+        xs, ys = x[walk], y[walk]
+        cur = self._walk(xs, ys, best[walk], walk)
+        best[walk] = self._bisect(xs, cur, ys, walk)
+        return best
+
+    @torch.no_grad()
+    def _initial_adversarials(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found, start): per example, a misclassified uniform-noise image, or x when x is misclassified."""
         # Already misclassified examples need no search (their adversarial is x itself).
-        found = self._is_adv(x, y, all_idx)
+        found = self._is_adv(x, y, torch.arange(x.shape[0], device=x.device))
         start = x.clone()
         for _ in range(self.init_tries):
             todo = (~found & (self._queries < self.max_queries)).nonzero().squeeze(1)
@@ -122,20 +133,12 @@ class BoundaryAttack(Attack):
             ok = self._is_adv(noise, y[todo], todo)
             start[todo[ok]] = noise[ok]
             found[todo[ok]] = True
-        walk = (found & (self._queries < self.max_queries)).nonzero().squeeze(1)
-        walk = walk[(start[walk] - x[walk]).flatten(1).norm(dim=1) > 0]
-        if walk.numel() == 0:
-            return best
-        best[walk] = self._bisect(x[walk], start[walk], y[walk], walk)
-        xs, ys, cur = x[walk], y[walk], best[walk]
-        m = walk.numel()
-        sph = torch.full((m,), self.spherical_step, device=dev)
-        src = torch.full((m,), self.source_step, device=dev)
-        accepted = torch.zeros(m, device=dev)
-        tried = torch.zeros(m, device=dev)
-        sph_ok = torch.zeros(m, device=dev)
-        sph_tried = torch.zeros(m, device=dev)
-        a = self.step_adaptation
+        return found, start
+
+    @torch.no_grad()
+    def _walk(self, xs: torch.Tensor, ys: torch.Tensor, cur: torch.Tensor, walk: torch.Tensor) -> torch.Tensor:
+        """The random walk along the boundary from the adversarials ``cur`` of the examples ``walk``."""
+        steps = _StepSizes(walk.numel(), self.spherical_step, self.source_step, xs.device)
         reserve = self.bisection_steps
         while True:
             check = (self._iterations + 1) % self.check_every == 0
@@ -145,41 +148,59 @@ class BoundaryAttack(Attack):
             self._iterations += 1
             d = cur[live] - xs[live]
             dist = d.flatten(1).norm(dim=1)
-            unit = d / _bcast(dist.clamp_min(1e-12), d)
-            eta = self._randn(d.shape, d)
-            eta = eta - unit * _bcast((eta * unit).flatten(1).sum(dim=1), d)
-            eta = eta / _bcast(eta.flatten(1).norm(dim=1).clamp_min(1e-12), d)
-            # Orthogonal move, back onto the sphere of radius dist, then towards x.
-            moved = d + eta * _bcast(sph[live] * dist, d)
-            moved = moved * _bcast(dist / moved.flatten(1).norm(dim=1).clamp_min(1e-12), d)
-            cand = (xs[live] + moved * _bcast(1 - src[live], d)).clamp(0.0, 1.0)
+            moved = self._orthogonal_move(d, dist, steps.sph[live])
+            cand = (xs[live] + moved * _bcast(1 - steps.src[live], d)).clamp(0.0, 1.0)
             ok = self._is_adv(cand, ys[live], walk[live])
             closer = (cand - xs[live]).flatten(1).norm(dim=1) < dist
             take = ok & closer
             cur[live[take]] = cand[take]
-            accepted[live] += take.float()
-            tried[live] += 1
+            steps.accepted[live] += take.float()
+            steps.tried[live] += 1
             if check:
                 # The orthogonal step alone: its success rate measures the boundary's curvature.
-                sph_ok[live] += self._is_adv((xs[live] + moved).clamp(0.0, 1.0), ys[live], walk[live]).float()
-                sph_tried[live] += 1
-            due = live[tried[live] >= self.adapt_every]
-            if due.numel():
-                rate = accepted[due] / tried[due]
-                src[due] = torch.where(rate > 0.25, src[due] * a, torch.where(rate < 0.1, src[due] / a, src[due]))
-                accepted[due] = 0
-                tried[due] = 0
-            due = live[sph_tried[live] >= self.adapt_every]
-            if due.numel():
-                rate = sph_ok[due] / sph_tried[due]
-                factor = torch.where(rate > 0.5, a, torch.where(rate < 0.2, 1 / a, 1.0))
-                sph[due] = (sph[due] * factor).clamp(max=1.0)
-                src[due] = src[due] * factor
-                sph_ok[due] = 0
-                sph_tried[due] = 0
-            src.clamp_(max=0.5)
-        best[walk] = self._bisect(xs, cur, ys, walk)
-        return best
+                steps.sph_ok[live] += self._is_adv((xs[live] + moved).clamp(0.0, 1.0), ys[live], walk[live]).float()
+                steps.sph_tried[live] += 1
+            steps.adapt(live, self.adapt_every, self.step_adaptation)
+        return cur
 
+    def _orthogonal_move(self, d: torch.Tensor, dist: torch.Tensor, sph: torch.Tensor) -> torch.Tensor:
+        """A random step of relative size ``sph`` orthogonal to ``d``, back onto the sphere of radius ``dist``."""
+        unit = d / _bcast(dist.clamp_min(1e-12), d)
+        eta = self._randn(d.shape, d)
+        eta = eta - unit * _bcast((eta * unit).flatten(1).sum(dim=1), d)
+        eta = eta / _bcast(eta.flatten(1).norm(dim=1).clamp_min(1e-12), d)
+        moved = d + eta * _bcast(sph * dist, d)
+        return moved * _bcast(dist / moved.flatten(1).norm(dim=1).clamp_min(1e-12), d)
+
+
+class _StepSizes:
+    """Per-example step sizes of the walk and the acceptance counts that adapt them (Brendel et al. §3.2)."""
+
+    def __init__(self, m: int, spherical_step: float, source_step: float, device: torch.device) -> None:
+        self.sph = torch.full((m,), spherical_step, device=device)
+        self.src = torch.full((m,), source_step, device=device)
+        self.accepted = torch.zeros(m, device=device)
+        self.tried = torch.zeros(m, device=device)
+        self.sph_ok = torch.zeros(m, device=device)
+        self.sph_tried = torch.zeros(m, device=device)
+
+    def adapt(self, live: torch.Tensor, adapt_every: int, a: float) -> None:
+        """Grow or shrink the steps of the examples ``live`` whose counts reached ``adapt_every``."""
+        due = live[self.tried[live] >= adapt_every]
+        if due.numel():
+            rate = self.accepted[due] / self.tried[due]
+            self.src[due] = torch.where(rate > 0.25, self.src[due] * a,
+                                        torch.where(rate < 0.1, self.src[due] / a, self.src[due]))
+            self.accepted[due] = 0
+            self.tried[due] = 0
+        due = live[self.sph_tried[live] >= adapt_every]
+        if due.numel():
+            rate = self.sph_ok[due] / self.sph_tried[due]
+            factor = torch.where(rate > 0.5, a, torch.where(rate < 0.2, 1 / a, 1.0))
+            self.sph[due] = (self.sph[due] * factor).clamp(max=1.0)
+            self.src[due] = self.src[due] * factor
+            self.sph_ok[due] = 0
+            self.sph_tried[due] = 0
+        self.src.clamp_(max=0.5)
 
 __all__ = ["BoundaryAttack"]

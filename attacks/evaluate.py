@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ._checks import CheckResult, run_checks
-from .base import Attack, AttackError
+from .base import Attack, AttackError, AttackResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,49 +158,76 @@ def evaluate(
             or y.shape != (x.shape[0],):
         raise AttackError("evaluate() needs x of shape (N, C, H, W) and y of shape (N,)")
     n = x.shape[0]
+    correct = _clean_correct(model, x, y, batch_size)
+    idx = correct.nonzero().squeeze(1)
+    sweep = _attack_all(attack, x, y, idx, batch_size, progress)
+    check_results: tuple[CheckResult, ...] = ()
+    if checks and idx.numel() > 0:
+        check_results = _subsample_checks(attack, x, y, idx[:check_n], sweep.first, seed)
+    success = sweep.success
+    eps = attack.eps if isinstance(attack.eps, float) else float(attack.eps.max())
+    return EvalReport(
+        attack=attack.name, norm=attack.norm, eps=eps, n=n, clean_accuracy=correct.float().mean().item(),
+        robust_accuracy=float((~success).sum()) / n,
+        success_rate=float(success.float().mean()) if idx.numel() else 0.0,
+        mean_l2=_stat(sweep.l2[success], False), median_l2=_stat(sweep.l2[success], True),
+        mean_linf=_stat(sweep.linf[success], False), median_linf=_stat(sweep.linf[success], True),
+        seconds=sweep.seconds, nfe=sweep.nfe, mean_queries=sweep.queries / max(1, idx.numel()),
+        checks=check_results, params=_params(attack),
+    )
+
+
+def _clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N,) bool: the clean prediction is right (eval mode; the module modes are restored)."""
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with torch.no_grad():
-            correct = torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
-                                 for i in range(0, n, batch_size)])
+            return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+                              for i in range(0, x.shape[0], batch_size)])
     finally:
         for m, training in modes:
             m.training = training
-    idx = correct.nonzero().squeeze(1)
-    success = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
-    l2 = torch.zeros(idx.numel(), device=x.device)
-    linf = torch.zeros(idx.numel(), device=x.device)
-    seconds, nfe, queries = 0.0, 0, 0
-    first = None
+
+
+@dataclasses.dataclass
+class _Sweep:
+    """The attack's outcome on every correctly classified example, batch by batch."""
+
+    success: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    seconds: float = 0.0
+    nfe: int = 0
+    queries: int = 0
+    first: AttackResult | None = None
+
+
+def _attack_all(attack: Attack, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_size: int,
+                progress: bool) -> _Sweep:
+    """Attack the examples ``idx`` in batches of ``batch_size``."""
+    sweep = _Sweep(success=torch.zeros(idx.numel(), dtype=torch.bool, device=x.device),
+                   l2=torch.zeros(idx.numel(), device=x.device), linf=torch.zeros(idx.numel(), device=x.device))
     for i in tqdm(range(0, idx.numel(), batch_size), desc=f"{attack.name}", disable=not progress, leave=False):
         rows = idx[i:i + batch_size]
         r = attack(x[rows], y[rows])
-        first = first or r
-        success[i:i + rows.numel()] = r.success
-        l2[i:i + rows.numel()] = r.l2
-        linf[i:i + rows.numel()] = r.linf
-        seconds += r.seconds
-        nfe += r.nfe
-        queries += int(r.queries.sum())
-    clean = correct.float().mean().item()
-    robust = float((~success).sum()) / n
-    check_results: tuple[CheckResult, ...] = ()
-    if checks and idx.numel() > 0:
-        sub = idx[:check_n]
-        # Reuse the main run's outcome on the subsample (same examples, first batch).
-        sub_result = attack(x[sub], y[sub]) if first is None or first.success.shape[0] < sub.numel() else \
-            _slice(first, sub.numel())
-        check_results = tuple(run_checks(attack, x[sub], y[sub], sub_result, seed=seed))
-    eps = attack.eps if isinstance(attack.eps, float) else float(attack.eps.max())
-    return EvalReport(
-        attack=attack.name, norm=attack.norm, eps=eps, n=n, clean_accuracy=clean, robust_accuracy=robust,
-        success_rate=float(success.float().mean()) if idx.numel() else 0.0,
-        mean_l2=_stat(l2[success], False), median_l2=_stat(l2[success], True),
-        mean_linf=_stat(linf[success], False), median_linf=_stat(linf[success], True),
-        seconds=seconds, nfe=nfe, mean_queries=queries / max(1, idx.numel()), checks=check_results,
-        params=_params(attack),
-    )
+        sweep.first = sweep.first or r
+        sweep.success[i:i + rows.numel()] = r.success
+        sweep.l2[i:i + rows.numel()] = r.l2
+        sweep.linf[i:i + rows.numel()] = r.linf
+        sweep.seconds += r.seconds
+        sweep.nfe += r.nfe
+        sweep.queries += int(r.queries.sum())
+    return sweep
+
+
+def _subsample_checks(attack: Attack, x: torch.Tensor, y: torch.Tensor, sub: torch.Tensor,
+                      first: AttackResult | None, seed: int) -> tuple[CheckResult, ...]:
+    """The validity checks on the examples ``sub`` (the first correctly classified ones)."""
+    # Reuse the main run's outcome on the subsample (same examples, first batch).
+    sub_result = attack(x[sub], y[sub]) if first is None or first.success.shape[0] < sub.numel() else \
+        _slice(first, sub.numel())
+    return tuple(run_checks(attack, x[sub], y[sub], sub_result, seed=seed))
 
 
 def _slice(result: Any, k: int) -> Any:

@@ -99,33 +99,64 @@ def minimal_eps(
     Raises:
         AttackError: unknown attack, a minimum-norm attack, or invalid ``eps_max``/``tol``/norm.
     """
-    if isinstance(attack, str):
-        if attack not in SEARCH_ATTACKS:
-            raise AttackError(f"unknown attack {attack!r} for the minimal-eps search; choose one of "
-                              f"{', '.join(SEARCH_ATTACKS)}")
-        cls = SEARCH_ATTACKS[attack]
-    elif isinstance(attack, type) and issubclass(attack, Attack) and not attack.minimal:
-        cls = attack
-    else:
-        raise AttackError(f"the minimal-eps search needs a fixed-eps attack class, got {attack!r}")
+    cls = _search_attack(attack)
     norm = canonical_norm(norm)
     if not (isinstance(eps_max, (int, float)) and math.isfinite(eps_max) and eps_max > 0):
         raise AttackError(f"eps_max must be a positive finite number, got {eps_max!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise AttackError(f"tol must be a positive number, got {tol!r}")
-    gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    n = x.shape[0]
-    calls, nfe = 0, 0
+    runner = _Runner(model, x, y, norm, cls, attack_kwargs, torch.Generator().manual_seed(seed))
+    eps, lower, x_adv = _bisect(runner, float(eps_max), tol)
+    # The returned points really are within their radius (up to float rounding).
+    finite = torch.isfinite(eps) & (eps > 0)
+    if finite.any():
+        dist = lp_norm(x_adv[finite] - x[finite], norm)
+        assert bool((dist <= eps[finite] + 1e-5).all())
+    return MinEpsResult(eps=eps, lower=lower, x_adv=x_adv, norm=norm, attack=cls.name, tol=float(tol),
+                        eps_max=float(eps_max), attack_calls=runner.calls, seconds=time.perf_counter() - start,
+                        nfe=runner.nfe)
 
-    def run(idx: torch.Tensor, eps: torch.Tensor, kind: type[Attack] = cls) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal calls, nfe
-        kwargs = attack_kwargs if kind is cls else {}
-        result = kind(model, eps, norm, seed=gen, **kwargs)(x[idx], y[idx])
-        calls += 1
-        nfe += result.nfe
+
+def _search_attack(attack: str | type[Attack]) -> type[Attack]:
+    """The fixed-ε attack class named or given by ``attack``; raises :class:`AttackError` otherwise."""
+    if isinstance(attack, str):
+        if attack not in SEARCH_ATTACKS:
+            raise AttackError(f"unknown attack {attack!r} for the minimal-eps search; choose one of "
+                              f"{', '.join(SEARCH_ATTACKS)}")
+        return SEARCH_ATTACKS[attack]
+    if isinstance(attack, type) and issubclass(attack, Attack) and not attack.minimal:
+        return attack
+    raise AttackError(f"the minimal-eps search needs a fixed-eps attack class, got {attack!r}")
+
+
+class _Runner:
+    """Batched attack calls on subsets of (x, y), one ε per example, counting calls and NFE.
+
+    One generator serves every call, so the whole search is reproducible from one seed.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, cls: type[Attack],
+                 attack_kwargs: dict[str, Any], gen: torch.Generator) -> None:
+        self.model, self.x, self.y, self.norm = model, x, y, norm
+        self.cls, self.attack_kwargs, self.gen = cls, attack_kwargs, gen
+        self.calls, self.nfe = 0, 0
+
+    def __call__(self, idx: torch.Tensor, eps: torch.Tensor,
+                 kind: type[Attack] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(success, x_adv) of the search attack (or ``kind``, without the extra kwargs) on ``idx``."""
+        kind = self.cls if kind is None else kind
+        kwargs = self.attack_kwargs if kind is self.cls else {}
+        result = kind(self.model, eps, self.norm, seed=self.gen, **kwargs)(self.x[idx], self.y[idx])
+        self.calls += 1
+        self.nfe += result.nfe
         return result.success, result.x_adv
 
+
+def _bisect(run: _Runner, eps_max: float, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batched bisection: (eps, lower, x_adv) as :class:`MinEpsResult` describes them."""
+    x = run.x
+    n = x.shape[0]
     # A zero-ε FGSM call validates the inputs and finds the clean misclassifications cheaply.
     clean_bad, _ = run(torch.arange(n, device=x.device), torch.zeros(n), FGSM)
     dev = x.device
@@ -135,10 +166,10 @@ def minimal_eps(
     eps[clean_bad] = 0.0
     todo = (~clean_bad).nonzero().squeeze(1)
     if todo.numel():
-        ok, adv = run(todo, torch.full((todo.numel(),), float(eps_max)))
-        eps[todo[ok]] = float(eps_max)
+        ok, adv = run(todo, torch.full((todo.numel(),), eps_max))
+        eps[todo[ok]] = eps_max
         x_adv[todo[ok]] = adv[ok]
-        lower[todo[~ok]] = float(eps_max)
+        lower[todo[~ok]] = eps_max
         todo = todo[ok]
     hi = eps.clone()
     while todo.numel():
@@ -150,14 +181,6 @@ def minimal_eps(
         hi[todo[ok]] = mid[ok]
         x_adv[todo[ok]] = adv[ok]
         lower[todo[~ok]] = mid[~ok]
-    eps = torch.where(torch.isfinite(eps) & (eps > 0), hi, eps)
-    # The returned points really are within their radius (up to float rounding).
-    finite = torch.isfinite(eps) & (eps > 0)
-    if finite.any():
-        dist = lp_norm(x_adv[finite] - x[finite], norm)
-        assert bool((dist <= eps[finite] + 1e-5).all())
-    return MinEpsResult(eps=eps, lower=lower, x_adv=x_adv, norm=norm, attack=cls.name, tol=float(tol),
-                        eps_max=float(eps_max), attack_calls=calls, seconds=time.perf_counter() - start, nfe=nfe)
-
+    return torch.where(torch.isfinite(eps) & (eps > 0), hi, eps), lower, x_adv
 
 __all__ = ["SEARCH_ATTACKS", "MinEpsResult", "minimal_eps"]

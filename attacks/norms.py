@@ -2,7 +2,7 @@
 
 One :class:`LpBall` serves every attack, so an attack is written once and works for
 both norms. Norm names are the strings ``"inf"`` and ``"2"`` used across the toolkit
-(attacks, bounds and certificates).
+(attacks, bounds and certificates), defined once in :mod:`lipbound.norms`.
 
 References:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks",
@@ -15,20 +15,21 @@ import math
 
 import torch
 
-#: Norm names understood by every attack.
-NORMS: tuple[str, ...] = ("inf", "2")
+from lipbound.norms import NORMS as NORMS
+from lipbound.norms import UnknownNormError as _UnknownNorm
+from lipbound.norms import canonical_norm as _canonical_norm
 
 
 class AttackError(ValueError):
     """An invalid attack argument or input (negative ε, unknown norm, bad shape, ...)."""
 
 
-class UnknownNormError(AttackError):
-    """A norm name other than ``"inf"`` or ``"2"``."""
+class UnknownNormError(_UnknownNorm, AttackError):
+    """A norm name other than ``"inf"`` or ``"2"`` (the toolkit's :class:`lipbound.norms.UnknownNormError`)."""
 
 
 def canonical_norm(p: str | int | float) -> str:
-    """The canonical name ``"inf"`` or ``"2"`` of a norm.
+    """The canonical name ``"inf"`` or ``"2"`` of a norm (:func:`lipbound.norms.canonical_norm`).
 
     Args:
         p: ``"inf"``, ``"linf"``, ``math.inf``, ``"2"``, ``"l2"`` or ``2``.
@@ -39,20 +40,7 @@ def canonical_norm(p: str | int | float) -> str:
     Raises:
         UnknownNormError: any other value.
     """
-    if isinstance(p, bool):
-        raise UnknownNormError(f"unknown norm {p!r}; choose one of {', '.join(NORMS)}")
-    if isinstance(p, (int, float)):
-        if p == math.inf:
-            return "inf"
-        if p == 2:
-            return "2"
-    elif isinstance(p, str):
-        key = p.strip().lower()
-        if key in ("inf", "linf", "l_inf"):
-            return "inf"
-        if key in ("2", "l2", "l_2"):
-            return "2"
-    raise UnknownNormError(f"unknown norm {p!r}; choose one of {', '.join(NORMS)}")
+    return _canonical_norm(p, UnknownNormError)
 
 
 def lp_norm(delta: torch.Tensor, p: str) -> torch.Tensor:

@@ -65,6 +65,19 @@ def _kind(rec: dict[str, Any], used: str) -> str:
     return f"{used}: " + (", ".join(tags) or "no listed option")
 
 
+def _table(rows: dict[tuple[str, str, str], dict[str, Any]], order: Sequence[tuple[str, str]]
+           ) -> list[dict[str, Any]]:
+    """The per-(method, engine, norm) rows in table order, slacks reduced to the median."""
+    table = []
+    for row in sorted(rows.values(), key=lambda r: (list(order).index((r["method"], r["engine"])), r["norm"])):
+        sl = sorted(row.pop("slacks"))
+        row["median_slack"] = sl[len(sl) // 2] if sl else None
+        row["worst_slack"] = None if math.isinf(row["worst_slack"]) else row["worst_slack"]
+        row["used"] = dict(row["used"])
+        table.append(row)
+    return table
+
+
 def summarize(records: Sequence[dict[str, Any]], wall: float | None, order: Sequence[tuple[str, str]],
               settings: dict[str, Any], max_records: int = 1000) -> dict[str, Any]:
     """Counts per (method, engine, norm) and per architecture, refusal reasons, violations, worst slack.
@@ -116,13 +129,7 @@ def summarize(records: Sequence[dict[str, Any]], wall: float | None, order: Sequ
                                 "label": rec["label"], "method": res["method"], "engine": res["engine"],
                                 "used": res["used"], **{k: v[k] for k in ("row", "j", "bound", "attacked_margin")}}
                                for v in res["violations"]]
-    table = []
-    for row in sorted(rows.values(), key=lambda r: (list(order).index((r["method"], r["engine"])), r["norm"])):
-        sl = sorted(row.pop("slacks"))
-        row["median_slack"] = sl[len(sl) // 2] if sl else None
-        row["worst_slack"] = None if math.isinf(row["worst_slack"]) else row["worst_slack"]
-        row["used"] = dict(row["used"])
-        table.append(row)
+    table = _table(rows, order)
     checked = [r for r in table if r["worst_slack"] is not None]
     if records and all("finished_at" in r for r in records):  # first trial's start to last trial's end
         wall = max(r["finished_at"] for r in records) - min(r["finished_at"] - r["seconds"] for r in records)

@@ -37,7 +37,7 @@ def _worker(mode: str, model_name: str, n: int, plan_path: str | None, threads: 
     from models.zoo import load
     from verify._lirpa_compat import import_auto_lirpa
     from verify.certify import Certifier, spec_matrix
-    from verify.run import certify_parallel, read_records
+    from verify.run import RunSpec, certify_parallel, read_records
     from verify.unroll import unroll
 
     model = load(model_name)
@@ -49,8 +49,8 @@ def _worker(mode: str, model_name: str, n: int, plan_path: str | None, threads: 
     if mode == "fast":
         # exactly what `python -m verify certify --model M --method crown --no-attack --jobs J` runs
         with tempfile.TemporaryDirectory() as tmp:
-            certify_parallel(model, x[:n], y[:n], tmp, ["crown"], "inf", {"benchmark": True}, jobs=jobs, attack=False,
-                             progress=False)
+            spec = RunSpec(model=model_name, methods=("crown",), n=n, attack=False, jobs=jobs)
+            certify_parallel(spec, tmp, model, x, y, progress=False)
             records = read_records(Path(tmp) / "results.jsonl")
         out["max_rss_mb_workers"] = max(r["max_rss_mb"] for r in records)
         for r in records:

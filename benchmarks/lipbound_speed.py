@@ -74,8 +74,7 @@ def _ode_looseness(x: torch.Tensor) -> dict[str, Any]:
     bound = network_bound(model, "2")
     assert bound.growth is not None and bound.field_lipschitz is not None
     solver = model.solver
-    n = solver.n_steps
-    steps = [(i * solver.T / n, solver.T / n) for i in range(n)]
+    steps = list(solver.grid())
     tab = tableau_for_solver(solver.method)
     field = model.block.field
     g = torch.Generator().manual_seed(0)
@@ -97,7 +96,7 @@ def _ode_looseness(x: torch.Tensor) -> dict[str, Any]:
         d = 1e-2 * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     with torch.no_grad():
         adv_ratio = float(gap(d).max())
-    return {"model": "ode", "method": tab.name, "n_steps": n, "K": bound.field_lipschitz,
+    return {"model": "ode", "method": tab.name, "n_steps": len(steps), "K": bound.field_lipschitz,
             "G": bound.growth.value, "e^TK": bound.growth.continuous,
             "observed_random": random_ratio, "observed_adversarial": adv_ratio,
             "looseness_G_over_observed": bound.growth.value / max(random_ratio, adv_ratio),

@@ -211,6 +211,35 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
 
 
+def _check_method(model: nn.Module, x: torch.Tensor, y: int, eps: float, norm: str, method: str, engine: str,
+                  best: _Best, scale: float, C: torch.Tensor, bound_shift: float) -> dict[str, Any]:
+    """One method's bound checked against the attacked margins: its result record."""
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {"method": method, "engine": engine}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            bounds = _bound(model, x, torch.tensor([y]), eps, norm, method, engine, res)
+    except Exception as err:  # noqa: BLE001 - every failure is recorded, never a pass
+        names = {c.__name__ for c in type(err).__mro__}
+        status = "failed" if names & set(FAILURES) else "refused" if names & set(REFUSALS) else "crashed"
+        res.update(status=status, error=_error(err))
+    else:
+        bounds = bounds + bound_shift
+        res.update(bounds=bounds.tolist())
+        if bounds.shape != best.value.shape or torch.isnan(bounds).any():
+            res.update(status="invalid", error=f"bounds of shape {tuple(bounds.shape)} / NaN")
+        else:
+            slack, bad = check(bounds, best.value, scale)
+            res.update(status="violated" if bool(bad.any()) else "checked", slack=float(slack.min()))
+            if bad.any():
+                res["violations"] = [{"row": int(i), "j": [j for j in range(C.shape[1]) if j != y][int(i)],
+                                      "bound": float(bounds[i]), "attacked_margin": float(best.value[i]),
+                                      "point": best.point[i].flatten().tolist()} for i in bad.nonzero()[:, 0]]
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
 def run_trial(seed: int, trial: int, alpha_every: int = 20, bound_shift: float = 0.0,
               eps: float | None = None) -> dict[str, Any]:
     """One trial's record (see the module docstring).
@@ -245,31 +274,8 @@ def run_trial(seed: int, trial: int, alpha_every: int = 20, bound_shift: float =
     for method, engine in METHODS:
         if method == "alpha-crown" and not (alpha_every and trial % alpha_every == 0):
             continue
-        key = f"{method}/{engine}"
-        t0 = time.perf_counter()
-        res: dict[str, Any] = {"method": method, "engine": engine}
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                bounds = _bound(model, x, torch.tensor([y]), eps, norm, method, engine, res)
-        except Exception as err:  # noqa: BLE001 - every failure is recorded, never a pass
-            names = {c.__name__ for c in type(err).__mro__}
-            status = "failed" if names & set(FAILURES) else "refused" if names & set(REFUSALS) else "crashed"
-            res.update(status=status, error=_error(err))
-        else:
-            bounds = bounds + bound_shift
-            res.update(bounds=bounds.tolist())
-            if bounds.shape != best.value.shape or torch.isnan(bounds).any():
-                res.update(status="invalid", error=f"bounds of shape {tuple(bounds.shape)} / NaN")
-            else:
-                slack, bad = check(bounds, best.value, scale)
-                res.update(status="violated" if bool(bad.any()) else "checked", slack=float(slack.min()))
-                if bad.any():
-                    res["violations"] = [{"row": int(i), "j": [j for j in range(C.shape[1]) if j != y][int(i)],
-                                          "bound": float(bounds[i]), "attacked_margin": float(best.value[i]),
-                                          "point": best.point[i].flatten().tolist()} for i in bad.nonzero()[:, 0]]
-        res["seconds"] = time.perf_counter() - t0
-        rec["methods"][key] = res
+        rec["methods"][f"{method}/{engine}"] = _check_method(model, x, y, eps, norm, method, engine, best, scale, C,
+                                                             bound_shift)
     rec["seconds"] = time.perf_counter() - start
     return rec
 

@@ -40,18 +40,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .norms import NORMS, UnknownNormError, canonical_norm
+
 __all__ = [
-    "LayerBound", "LipschitzError", "NORMS",
+    "LayerBound", "LipschitzError", "LipschitzNormError", "NORMS",
     "linear_bound", "conv2d_bound", "conv2d_fft_bound", "dense_matrix", "layer_bound",
 ]
 
-NORMS: tuple[str, ...] = ("2", "inf")
 _ROUNDING = 1.0 + 1e-9
 _NO_GLOBAL = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
 
 
 class LipschitzError(ValueError):
     """A layer type, norm or shape the Lipschitz machinery does not handle."""
+
+
+class LipschitzNormError(UnknownNormError, LipschitzError):
+    """A norm other than ``"inf"`` or ``"2"`` given to lipbound (see :mod:`lipbound.norms`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +91,8 @@ class LayerBound:
 
 
 def _check_norm(norm: str) -> str:
-    norm = str(norm)
-    if norm not in NORMS:
-        raise LipschitzError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    return norm
+    """The canonical norm name; raises :class:`LipschitzNormError` otherwise."""
+    return canonical_norm(norm, LipschitzNormError)
 
 
 def dense_matrix(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int],
@@ -346,6 +349,12 @@ def layer_bound(module: nn.Module, input_shape: Sequence[int], norm: str = "2", 
     with torch.no_grad():
         probe = torch.zeros(1, *shape, dtype=torch.float32 if param is None else param.dtype)
         out_shape = tuple(module(probe).shape[1:])
+    return _rule_bound(module, shape, out_shape, norm, name, kind, dense_limit)
+
+
+def _rule_bound(module: nn.Module, shape: tuple[int, ...], out_shape: tuple[int, ...], norm: str, name: str,
+                kind: str, dense_limit: int) -> LayerBound:
+    """:func:`layer_bound` of a layer without a weight matrix: activations, BatchNorm, pooling, normalisation."""
     if isinstance(module, (nn.ReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Dropout, nn.Hardtanh)):
         return LayerBound(name, kind, shape, out_shape, norm, 1.0, 1.0, True, True, "1-Lipschitz")
     if isinstance(module, nn.LeakyReLU):

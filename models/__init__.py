@@ -13,6 +13,7 @@ from .data import load_dataset as load_dataset
 from .download import DownloadError as DownloadError
 from .download import download_dataset as download_dataset
 from .fields import ChenField as ChenField
+from .fields import ConcatConv2d as ConcatConv2d
 from .fields import FIELDS as FIELDS
 from .fields import VerifiableField as VerifiableField
 from .lenet import MLP as MLP
@@ -51,7 +52,7 @@ def build_model(arch: str, **config: Any) -> Classifier:
 
 __all__ = [
     "DATASETS", "DataError", "DownloadError", "data_root", "download_dataset", "load_dataset",
-    "ADAPTIVE_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier",
+    "ADAPTIVE_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier", "ConcatConv2d",
     "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
     "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",
     "build_model", "REJECT", "RandomizationError", "ToleranceRandomized", "VoteResult",

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .cli_support import OneLineArgumentParser, resolve_device, run_main, solver_spec, subparsers
+from .cli_support import OneLineArgumentParser, add_model_arguments, resolve_device, run_main, solver_spec, subparsers
 from .solver import ADAPTIVE_METHODS, SolverConfig
 from .train import Adversary, Recipe, accuracy, git_commit, save_checkpoint, train
 
@@ -108,12 +108,12 @@ def _train_and_save(arch: str, config: dict[str, Any], recipe: Recipe, dataset: 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .zoo import PRESETS, ZOO_DIR
+    from .zoo import PRESETS, ZOO_DIR, UnknownModelError
 
     device = resolve_device(args.device)
     if args.preset:
         if args.preset not in PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+            raise UnknownModelError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[args.preset]
         arch, config, recipe, dataset = preset.arch, dict(preset.config), preset.recipe, preset.dataset
         out = Path(args.out) if args.out else ZOO_DIR / preset.name
@@ -156,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         p = PRESETS[args.model]
         _train_and_save(p.arch, dict(p.config), p.recipe, p.dataset, ZOO_DIR / p.name, args.data_dir, device,
                         True, p.name)
-    model, meta = resolve(args.model, device)
+    model, meta = resolve(args.model, device, weights=args.weights)
     if getattr(model, "solver", None) is not None and (args.solver or args.steps or args.tol is not None
                                                        or args.T is not None):
         model.solver = _solver_override(model.solver, args)
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="held-out accuracy and NFE of a zoo model or checkpoint")
-    e.add_argument("model", help="zoo name or checkpoint path")
+    add_model_arguments(e, positional=True)
     _solver_args(e)
     e.add_argument("--n", type=int, help="first n held-out images (default all)")
     e.add_argument("--data-dir")

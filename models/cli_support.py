@@ -15,8 +15,16 @@ from typing import Any
 
 import torch
 
-#: Exceptions that mean "the user asked for something invalid" (exit status 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, TypeError)
+#: Exceptions that mean "the user asked for something invalid" (exit status 2): every error
+#: type of the project derives from ValueError (``CheckpointError``, ``AttackError``,
+#: ``CertifyError``, ...), and a missing input file is a FileNotFoundError. A KeyError or
+#: TypeError is a bug: it propagates with its traceback (exit status 1).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+#: ``--help`` of ``--model`` and ``--weights`` (:func:`add_model_arguments`).
+MODEL_HELP = ("zoo name (ode, lenet5, ...), checkpoint path (STEM.pt with its STEM.json sidecar) or "
+              "Python factory FILE.py:FUNCTION (with --weights)")
+WEIGHTS_HELP = "state dict (torch.save(model.state_dict(), ...)) for a --model FILE.py:FUNCTION factory"
 
 
 class CLIUsageError(Exception):
@@ -90,10 +98,18 @@ def run_main(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] |
         return 2
     except USER_ERRORS as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, KeyError):
-            msg = msg.strip("'\"")
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    """``--model`` (or a positional ``model``) and ``--weights``, the one syntax every command loads
+    through :func:`models.zoo.resolve` (``resolve(args.model, device, weights=args.weights)``)."""
+    if positional:
+        parser.add_argument("model", help=MODEL_HELP)
+    else:
+        parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--weights", default=None, metavar="W.pt", help=WEIGHTS_HELP)
 
 
 def solver_spec(text: str) -> tuple[str, float | None]:

@@ -22,24 +22,38 @@ from torch import nn
 
 
 class ConcatConv2d(nn.Module):
-    """3x3 convolution of ``[t·1, h]``: the time enters as a constant extra input plane.
+    """Convolution of ``[t·1, h]``: the time enters as a constant extra input plane.
 
     Args:
         in_channels: channels of h.
         out_channels: output channels.
         time_channel: prepend the time plane (else a plain convolution of h).
+        kernel_size, stride, padding, bias: as for ``nn.Conv2d`` (default a 3x3, stride-1,
+            zero-padded convolution that keeps the spatial size).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, time_channel: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, time_channel: bool = True, kernel_size: int = 3,
+                 stride: int = 1, padding: int = 1, bias: bool = True) -> None:
         super().__init__()
         self.time_channel = time_channel
-        self.conv = nn.Conv2d(in_channels + int(time_channel), out_channels, 3, stride=1, padding=1)
+        self.conv = nn.Conv2d(in_channels + int(time_channel), out_channels, kernel_size, stride=stride,
+                              padding=padding, bias=bias)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Convolve; ``t`` is a scalar tensor, ``h`` has shape (N, C, H, W)."""
         if self.time_channel:
             h = torch.cat([torch.ones_like(h[:, :1]) * t, h], dim=1)
         return self.conv(h)
+
+
+def call_field(field: nn.Module, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """f(t, h) of a vector field: a module taking ``(t, h)``, or an ``nn.Sequential`` of layers
+    in which each :class:`ConcatConv2d` is handed t and every other layer only h."""
+    if isinstance(field, nn.Sequential):
+        for layer in field:
+            h = layer(t, h) if isinstance(layer, ConcatConv2d) else layer(h)
+        return h
+    return field(t, h)
 
 
 class VectorField(nn.Module):

@@ -16,7 +16,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from ._trunk import make_head, make_stem, trunk_feature_size
 from .base import Classifier
-from .fields import VectorField, make_field
+from .fields import call_field, make_field
 from .solver import SolverConfig
 
 
@@ -32,26 +32,26 @@ class ODEBlock(nn.Module):
 
     Attributes:
         nfe: function evaluations of the last forward solve (the adjoint backward pass is
-            not included; ``field.nfe`` keeps counting through it).
+            not included), counted by the block for any field.
         accepted_steps: list of (t0, dt) of the last adaptive solve when
             ``record_steps`` is True (fixed grids: the grid steps).
 
     Args:
-        field: the vector field f(t, h).
+        field: the vector field f(t, h): any ``nn.Module`` called as ``field(t, h)``, or an
+            ``nn.Sequential`` of layers in which each :class:`~models.fields.ConcatConv2d` is
+            handed t (see :func:`~models.fields.call_field`).
         solver: how to integrate.
     """
 
-    def __init__(self, field: VectorField, solver: SolverConfig) -> None:
+    def __init__(self, field: nn.Module, solver: SolverConfig) -> None:
         super().__init__()
+        if not isinstance(field, nn.Module):
+            raise TypeError(f"field must be an nn.Module, got {type(field).__name__}")
         self.field = field
         self.solver = solver
         self.nfe = 0
         self.record_steps = False
         self.accepted_steps: list[tuple[float, float]] = []
-
-    def _grid(self, t0: float, t1: float, like: torch.Tensor) -> torch.Tensor:
-        n = self.solver.n_steps
-        return torch.linspace(t0, t1, n + 1, dtype=like.dtype, device=like.device)
 
     def _solve(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = self.solver
@@ -64,11 +64,11 @@ class ODEBlock(nn.Module):
             )
         elif s.max_steps is not None:
             options["max_num_steps"] = s.max_steps
-        self.field.nfe = 0
+        if hasattr(self.field, "nfe"):
+            self.field.nfe = 0
         self.accepted_steps = []
-        func: nn.Module = self.field
-        if self.record_steps and not s.is_fixed:
-            func = _StepRecorder(self.field, self.accepted_steps)
+        func = (_Recorder(self.field, self.accepted_steps) if self.record_steps and not s.is_fixed
+                else _Counted(self.field))
         solve = odeint_adjoint if s.adjoint else odeint
         try:
             out = solve(func, h, t, rtol=s.rtol, atol=s.atol, method=s.method, options=options)
@@ -78,10 +78,9 @@ class ODEBlock(nn.Module):
                     f"{s.method} needed more than max_steps={s.max_steps} steps (rtol={s.rtol:g})"
                 ) from err
             raise
-        self.nfe = self.field.nfe
+        self.nfe = func.calls
         if s.is_fixed and self.record_steps:
-            dt = s.T / s.n_steps
-            self.accepted_steps = [(k * dt, dt) for k in range(s.n_steps)]
+            self.accepted_steps = list(s.grid())
         return out
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -101,23 +100,32 @@ class ODEBlock(nn.Module):
         """
         if times is None:
             if self.solver.is_fixed:
-                times = self._grid(0.0, self.solver.T, h)
+                times = torch.linspace(0.0, self.solver.T, self.solver.n_steps + 1, dtype=h.dtype, device=h.device)
             else:
                 times = torch.tensor([0.0, self.solver.T], dtype=h.dtype, device=h.device)
         return self._solve(h, times.to(h))
 
 
-class _StepRecorder(nn.Module):
-    """Wraps a field for one solve; torchdiffeq calls ``callback_accept_step`` after
-    every accepted adaptive step, which appends (t0, dt) to ``steps``."""
+class _Counted(nn.Module):
+    """Wraps a field for one solve and counts its calls."""
 
-    def __init__(self, field: VectorField, steps: list[tuple[float, float]]) -> None:
+    def __init__(self, field: nn.Module) -> None:
         super().__init__()
         self.field = field
-        self.steps = steps
+        self.calls = 0
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.field(t, h)
+        self.calls += 1
+        return call_field(self.field, t, h)
+
+
+class _Recorder(_Counted):
+    """Also appends (t0, dt) of every accepted adaptive step to ``steps`` (torchdiffeq calls
+    ``callback_accept_step``; fixed-grid solvers take no callbacks)."""
+
+    def __init__(self, field: nn.Module, steps: list[tuple[float, float]]) -> None:
+        super().__init__(field)
+        self.steps = steps
 
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.steps.append((float(t0.detach()), float(dt.detach())))

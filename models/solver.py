@@ -115,6 +115,18 @@ class SolverConfig:
         assert self.step_size is not None
         return int(round(self.T / self.step_size))
 
+    def grid(self) -> tuple[tuple[float, float], ...]:
+        """The (t0, dt) steps of a fixed-grid method: ``n_steps`` equal steps on [0, T].
+
+        Raises:
+            SolverConfigError: an adaptive method (its steps depend on the input).
+        """
+        if not self.is_fixed:
+            raise SolverConfigError(f"{self.describe()} is adaptive: its steps depend on the input")
+        n = self.n_steps
+        dt = self.T / n
+        return tuple((k * dt, dt) for k in range(n))
+
     def replace(self, **changes: Any) -> SolverConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -12,6 +12,7 @@ resumed run continues exactly where the interrupted one stopped.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -218,48 +219,11 @@ def train(
     start_epoch = 0
     recipe_key = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
     if resume_path is not None and resume_path.exists():
-        state = _read_weights(resume_path, device)
-        if not isinstance(state, dict):
-            raise NotACheckpointError(f"resume state {resume_path} is not a checkpoint "
-                                      f"(it holds a {type(state).__name__}); delete it to train from scratch")
-        if state.get("recipe") != recipe_key:
-            raise CheckpointError(f"resume state {resume_path} was written by another recipe (or an older version); "
-                                  "delete it to train from scratch")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        losses = [float(v) for v in state["losses"]]
-        start_epoch = int(state["epoch"])
+        losses, start_epoch = _resume(resume_path, recipe_key, model, opt, sched, device)
     base_solver = getattr(model, "solver", None)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, recipe.epochs):
-        gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
-        order = torch.randperm(x.shape[0], generator=gen)
-        total, count = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                   disable=not progress, leave=False)
-        for i in bar:
-            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            xb = random_shift(x[idx], recipe.shift, gen).to(device)
-            yb = y[idx].to(device)
-            if recipe.T_range is not None and base_solver is not None:
-                lo, hi = recipe.T_range
-                T = lo + (hi - lo) * float(torch.rand((), generator=gen))
-                model.solver = base_solver.replace(T=T, step_size=None if base_solver.step_size is None
-                                                   else T / base_solver.n_steps)
-            if adversary is not None and epoch >= recipe.adv_warmup:
-                model.eval()
-                xb = adversary(model, xb, yb, adv_eps_at(recipe, epoch * steps_per_epoch + i, steps_per_epoch)).detach()
-            model.train()
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        losses.append(total / count)
+        losses.append(_train_epoch(model, x, y, recipe, epoch, opt, sched, adversary, progress))
         if base_solver is not None:
             model.solver = base_solver
         if resume_path is not None:
@@ -267,6 +231,86 @@ def train(
                         "losses": torch.tensor(losses), "epoch": epoch + 1, "recipe": recipe_key}, resume_path)
     model.eval()
     return TrainResult(tuple(losses), time.perf_counter() - t0)
+
+
+def _resume(resume_path: Path, recipe_key: str, model: nn.Module, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> tuple[list[float], int]:
+    """Load the per-epoch state into model, optimiser and scheduler; returns (losses so far, next epoch).
+
+    Raises:
+        NotACheckpointError: the file is not a resume state.
+        CheckpointError: it was written by another recipe.
+    """
+    state = _read_weights(resume_path, device)
+    if not isinstance(state, dict):
+        raise NotACheckpointError(f"resume state {resume_path} is not a checkpoint "
+                                  f"(it holds a {type(state).__name__}); delete it to train from scratch")
+    if state.get("recipe") != recipe_key:
+        raise CheckpointError(f"resume state {resume_path} was written by another recipe (or an older version); "
+                              "delete it to train from scratch")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return [float(v) for v in state["losses"]], int(state["epoch"])
+
+
+def _train_epoch(model: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, epoch: int,
+                 opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 adversary: Adversary | None, progress: bool) -> float:
+    """One pass over (x, y) in the order drawn from ``(seed, epoch)``; returns the mean loss.
+
+    With ``recipe.T_range`` each batch sets its own ``model.solver`` (the caller restores it).
+    """
+    device = next(model.parameters()).device
+    base_solver = getattr(model, "solver", None)
+    steps_per_epoch = math.ceil(x.shape[0] / recipe.batch_size)
+    gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+    order = torch.randperm(x.shape[0], generator=gen)
+    total, count = 0.0, 0
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress, leave=False)
+    for i in bar:
+        idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+        xb = random_shift(x[idx], recipe.shift, gen).to(device)
+        yb = y[idx].to(device)
+        if recipe.T_range is not None and base_solver is not None:
+            lo, hi = recipe.T_range
+            T = lo + (hi - lo) * float(torch.rand((), generator=gen))
+            model.solver = base_solver.replace(T=T, step_size=None if base_solver.step_size is None
+                                               else T / base_solver.n_steps)
+        if adversary is not None and epoch >= recipe.adv_warmup:
+            model.eval()
+            xb = adversary(model, xb, yb, adv_eps_at(recipe, epoch * steps_per_epoch + i, steps_per_epoch)).detach()
+        model.train()
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / count
+
+
+def _build_from_metadata(arch: Any, config: Any, js: Path) -> Classifier:
+    """``build_model(arch, **config)`` from a sidecar, whose ``config`` must fit the constructor.
+
+    Raises:
+        CheckpointError: ``config`` is not an object of the constructor's arguments.
+        UnknownArchitectureError: ``arch`` is not a key of :data:`models.MODELS`.
+    """
+    from . import MODELS
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"corrupt checkpoint metadata {js}: 'config' must be an object, "
+                              f"got a {type(config).__name__}")
+    if isinstance(arch, str) and arch in MODELS:
+        try:  # bind, not call: a TypeError inside the constructor is a bug, not a bad sidecar
+            inspect.signature(MODELS[arch]).bind(**config)
+        except TypeError as err:
+            raise CheckpointError(f"corrupt checkpoint metadata {js}: 'config' does not fit arch {arch!r}: "
+                                  f"{err}") from err
+    return build_model(str(arch), **config)
 
 
 @torch.no_grad()
@@ -352,7 +396,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         arch, config = meta["arch"], meta["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"corrupt checkpoint metadata {js}: {err}") from err
-    model = build_model(arch, **config)
+    model = _build_from_metadata(arch, config, js)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

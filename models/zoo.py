@@ -1,22 +1,31 @@
-"""The model zoo: small committed checkpoints and the presets that retrain them.
+"""The model zoo, and :func:`resolve`: the one way every CLI command loads its ``--model``.
 
 Every zoo model is produced by ``python -m models train --preset NAME`` from a preset in
 :data:`PRESETS` (architecture, constructor config, recipe), on the ``mnist-t10k``
 protocol (train on images 0-7999 of the official test set, hold out 8000-9999).
+
+A ``--model`` is one of: a zoo name; a checkpoint (``<stem>.pt`` state dict and its
+``<stem>.json`` sidecar naming ``arch`` and ``config``, see :func:`models.train.load_checkpoint`);
+or a Python factory ``FILE.py:FUNCTION`` (any ``nn.Module``), with its weights from a plain
+state dict (``--weights``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .base import Classifier
 from .solver import SolverConfig
-from .train import CheckpointError, NotACheckpointError, Recipe, load_checkpoint
+from .train import CheckpointError, NotACheckpointError, Recipe, _read_weights, load_checkpoint
 
 #: Directory of the committed zoo checkpoints.
 ZOO_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -110,15 +119,42 @@ def load_with_metadata(name: str, device: str | torch.device = "cpu") -> tuple[C
     return load_checkpoint(path, device)
 
 
-def resolve(spec: str, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """A model from a zoo name or a checkpoint path (``.pt``/``.json``/stem).
+class ModelFactoryError(ValueError):
+    """A ``FILE.py:FUNCTION`` model factory that cannot be used, or weights given without one."""
+
+
+#: Input shape (C, H, W) and number of classes assumed for a model that does not define
+#: ``input_shape`` / ``num_classes`` (MNIST).
+DEFAULT_INPUT_SHAPE: tuple[int, ...] = (1, 28, 28)
+DEFAULT_NUM_CLASSES = 10
+
+
+def resolve(spec: str, device: str | torch.device = "cpu",
+            weights: str | os.PathLike[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from a zoo name, a checkpoint path (``.pt``/``.json``/stem) or a factory ``FILE.py:FUNCTION``.
+
+    Args:
+        spec: the ``--model`` string.
+        device: where the model goes.
+        weights: state dict for a factory model (``--weights``); only with ``FILE.py:FUNCTION``.
+
+    Returns:
+        (model in eval mode, metadata: the checkpoint's JSON, or for a factory ``arch`` (the
+        class name), ``factory``, ``weights``, ``dataset``, ``input_shape``, ``num_classes``).
 
     Raises:
         UnknownModelError: neither a zoo name nor an existing checkpoint.
         NotACheckpointError: the ``.pt`` file is not a checkpoint (random bytes, a pickle of
             anything but a state_dict of tensors); the message names the file.
-        CheckpointError: the checkpoint exists but is corrupt or lacks its metadata.
+        CheckpointError: the checkpoint exists but is corrupt or lacks its metadata; the
+            weights do not fit the factory's model.
+        ModelFactoryError: see :func:`load_factory`; ``weights`` without a factory.
     """
+    if is_factory_spec(spec):
+        return load_factory(spec, weights, device)
+    if weights is not None:
+        raise ModelFactoryError(f"--weights {weights} needs --model FILE.py:FUNCTION (a Python factory); "
+                                f"{spec!r} is a zoo name or checkpoint, which carries its own weights")
     if spec in PRESETS:
         return load_with_metadata(spec, device)
     p = Path(spec)
@@ -126,8 +162,118 @@ def resolve(spec: str, device: str | torch.device = "cpu") -> tuple[Classifier, 
         if not (p.exists() or p.with_suffix(".pt").exists()):
             raise UnknownModelError(f"no checkpoint at {spec!r}")
         return load_checkpoint(p, device)
-    raise UnknownModelError(f"unknown model {spec!r}: not a zoo name ({', '.join(PRESETS)}) or a checkpoint path")
+    raise UnknownModelError(f"unknown model {spec!r}: not a zoo name ({', '.join(PRESETS)}), a checkpoint path "
+                            "or a factory FILE.py:FUNCTION")
 
 
-__all__ = ["PRESETS", "ZOO_DIR", "CheckpointError", "NotACheckpointError", "Preset", "UnknownModelError", "available",
-           "load", "load_with_metadata", "resolve"]
+def is_factory_spec(spec: str) -> bool:
+    """Whether ``spec`` names a Python factory (``FILE.py:FUNCTION``, or a bare ``FILE.py``)."""
+    path, sep, _ = spec.rpartition(":")
+    return (bool(sep) and path.endswith(".py")) or spec.endswith(".py")
+
+
+def load_factory(spec: str, weights: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model ``FUNCTION()`` of the Python file ``FILE`` returns, with ``weights`` loaded strictly.
+
+    The file is imported as a module of its own (``importlib.util.spec_from_file_location``),
+    the factory is called with no arguments, and ``weights`` (a ``state_dict`` saved with
+    ``torch.save``) is read with ``torch.load(weights_only=True)`` and must match the model's
+    keys and shapes exactly. Without ``weights`` the model is used as the factory returns it.
+    A model without ``input_shape`` / ``num_classes`` attributes is taken to read
+    :data:`DEFAULT_INPUT_SHAPE` images into :data:`DEFAULT_NUM_CLASSES` logits: the two
+    attributes are set to those defaults on the returned module.
+
+    Args:
+        spec: ``FILE.py:FUNCTION``.
+        weights: state-dict file, or None.
+        device: where the model goes.
+
+    Returns:
+        (model in eval mode, metadata as :func:`resolve` describes it).
+
+    Raises:
+        ModelFactoryError: no function named, the file is missing, it has no such function, or
+            the function does not return an ``nn.Module``.
+        NotACheckpointError: ``weights`` is not a state dict of tensors.
+        CheckpointError: ``weights`` is missing, or does not match the model (the message
+            names the first missing or unexpected key, or the tensors whose shapes differ).
+    """
+    path_text, _, name = spec.rpartition(":") if not spec.endswith(".py") else (spec, "", "")
+    if not name.isidentifier():
+        raise ModelFactoryError(f"--model {spec}: name the factory function, as FILE.py:FUNCTION "
+                                "(e.g. my_model.py:make_model)")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ModelFactoryError(f"model factory file not found: {path}")
+    factory = getattr(_import_file(path), name, None)
+    if not callable(factory):
+        raise ModelFactoryError(f"{path} defines no function {name!r}")
+    model = factory()  # the user's own code: an exception in it is a bug with a traceback, not bad input
+    if not isinstance(model, nn.Module):
+        raise ModelFactoryError(f"{spec}: {name}() returned an object of type {type(model).__name__!r}, "
+                                "not a torch.nn.Module")
+    if weights is not None:
+        _load_strict(model, Path(weights))
+    # The toolkit reads these two attributes (lowering, network bounds); the defaults are MNIST's.
+    if not hasattr(model, "input_shape"):
+        model.input_shape = DEFAULT_INPUT_SHAPE
+    if not hasattr(model, "num_classes"):
+        model.num_classes = DEFAULT_NUM_CLASSES
+    meta = {"arch": type(model).__name__, "factory": spec, "weights": None if weights is None else str(weights),
+            "dataset": "mnist-t10k", "input_shape": list(model.input_shape), "num_classes": int(model.num_classes)}
+    return model.to(device).eval(), meta
+
+
+def _import_file(path: Path) -> Any:
+    """Execute ``path`` as a fresh module (registered in ``sys.modules`` under a name unique to the file)."""
+    resolved = path.resolve()
+    name = f"_ode_robustness_factory_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ModelFactoryError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _load_strict(model: nn.Module, path: Path) -> None:
+    """``model.load_state_dict(torch.load(path, weights_only=True))``, every key and shape matching.
+
+    Raises:
+        CheckpointError: no such file, or keys / shapes that differ (the first one is named).
+        NotACheckpointError: the file is not a state dict of tensors.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    state = _read_weights(path)
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        hint = next((f"; it looks like a training checkpoint: save its {k!r} entry (model.state_dict()) alone"
+                     for k in ("state_dict", "model") if isinstance(state, dict) and isinstance(state.get(k), dict)),
+                    "")
+        raise NotACheckpointError(f"{path} is not a state dict of tensors (it holds a {type(state).__name__}){hint}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")]
+                 if missing else [])
+        parts += ([f"unexpected key {unexpected[0]!r}"
+                   + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")] if unexpected else [])
+        raise CheckpointError(f"weights {path} do not match the model: {', '.join(parts)}")
+    shapes = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise CheckpointError(f"weights {path} do not match the model: {k!r} has shape {tuple(state[k].shape)}, "
+                              f"the model's {tuple(expected[k].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+__all__ = ["DEFAULT_INPUT_SHAPE", "DEFAULT_NUM_CLASSES", "PRESETS", "ZOO_DIR", "CheckpointError", "ModelFactoryError",
+           "NotACheckpointError", "Preset", "UnknownModelError", "available", "is_factory_spec", "load_factory",
+           "load_with_metadata", "resolve"]

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from models.cli_support import resolve_device
+from lipbound.norms import NORMS
+from models.cli_support import add_model_arguments, resolve_device
 
 #: Exit status of a run whose report has a failed validity check.
 EXIT_CHECK_FAILED = 3
@@ -50,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="clean / robust accuracy under an attack (with validity checks)",
                        description="Clean and robust accuracy of a model under one attack, with validity checks.",
                        epilog=_EPILOG)
-    p.add_argument("--model", required=True, help="zoo name (ode, lenet5, ...) or checkpoint path")
+    add_model_arguments(p)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
-    p.add_argument("--norm", default=None, choices=["inf", "2"],
+    p.add_argument("--norm", default=None, choices=NORMS,
                    help="perturbation norm (default: inf; 2 for cw, which supports only 2)")
     p.add_argument("--eps", type=float, default=None,
                    help="ball radius (required for fgsm/fgm/pgd/di2fgsm; optional budget for cw/boundary)")
@@ -86,6 +87,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _attack_kwargs(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor arguments of the attack class ``cls`` from the options that apply to it.
+
+    Raises:
+        ValueError: an option given to an attack it does not apply to.
+    """
+    kwargs: dict[str, Any] = {"seed": args.seed, "attack_solver": args.attack_solver,
+                              "eval_solver": args.eval_solver}
+    if args.steps is not None:
+        if cls.budget_arg is None:
+            raise ValueError(f"--steps does not apply to --attack {args.attack}")
+        kwargs[cls.budget_arg] = args.steps
+    for opt, key in ((args.step_size, "step_size"), (args.restarts, "restarts")):
+        if opt is not None:
+            if args.attack not in ("pgd", "di2fgsm") or (key == "restarts" and args.attack != "pgd"):
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack}")
+            kwargs[key] = opt
+    for opt, key in ((args.initial_const, "initial_const"), (args.lr, "lr"),
+                     (args.binary_search_steps, "binary_search_steps"), (args.confidence, "confidence")):
+        if opt is not None:
+            if args.attack != "cw":
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack} (cw only)")
+            kwargs[key] = opt
+    return kwargs
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the attack, evaluate, print the summary and write the JSON report."""
     from attacks import ATTACKS, EOT, AttackError, evaluate
@@ -106,25 +133,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     resolve_device(args.device)
-    kwargs: dict[str, Any] = {"seed": args.seed, "attack_solver": args.attack_solver,
-                              "eval_solver": args.eval_solver}
-    if args.steps is not None:
-        if cls.budget_arg is None:
-            raise ValueError(f"--steps does not apply to --attack {args.attack}")
-        kwargs[cls.budget_arg] = args.steps
-    for opt, key in ((args.step_size, "step_size"), (args.restarts, "restarts")):
-        if opt is not None:
-            if args.attack not in ("pgd", "di2fgsm") or (key == "restarts" and args.attack != "pgd"):
-                raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack}")
-            kwargs[key] = opt
-    for opt, key in ((args.initial_const, "initial_const"), (args.lr, "lr"),
-                     (args.binary_search_steps, "binary_search_steps"), (args.confidence, "confidence")):
-        if opt is not None:
-            if args.attack != "cw":
-                raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack} (cw only)")
-            kwargs[key] = opt
-    model, _ = resolve(args.model, device=args.device)
+    kwargs = _attack_kwargs(cls, args)
+    model, _ = resolve(args.model, device=args.device, weights=args.weights)
     x, y = load_dataset("mnist-t10k", "test", data_dir=args.data_dir, n=args.n)
+    shape = tuple(getattr(model, "input_shape", x.shape[1:]))
+    if shape != tuple(x.shape[1:]):
+        raise ValueError(f"model {args.model} reads inputs of shape {shape}; the attack command evaluates "
+                         f"mnist-t10k images of shape {tuple(x.shape[1:])}")
     x, y = x.to(args.device), y.to(args.device)
     eps = math.inf if args.eps is None else args.eps
     attack = cls(model, eps, norm, **kwargs)

@@ -9,12 +9,15 @@ import math
 import sympy
 import torch
 
+from lipbound.norms import NORMS
+from models.cli_support import add_model_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bounds`` subcommand."""
     p = sub.add_parser("bounds", help="Lipschitz bounds and solver growth factor of a model")
-    p.add_argument("--model", required=True, help="zoo name or checkpoint path")
-    p.add_argument("--norm", choices=("inf", "2"), default="inf",
+    add_model_arguments(p)
+    p.add_argument("--norm", choices=NORMS, default="inf",
                    help="input and output norm")
     p.add_argument("--n", type=int, default=32, help="held-out images for the empirical lower bound")
     p.add_argument("--steps", type=int, default=10, help="ascent steps of the empirical search")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.steps < 0:
         raise ValueError(f"--n must be >= 1 and --steps >= 0, got {args.n}, {args.steps}")
     torch.manual_seed(args.seed)
-    model, _ = resolve(args.model)
+    model, _ = resolve(args.model, weights=args.weights)
     model.eval()
     x, _ = load_dataset("mnist-t10k", split="test", data_dir=args.data_dir)
     g = torch.Generator().manual_seed(args.seed)

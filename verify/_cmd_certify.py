@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Any
 
-from models.cli_support import resolve_device
+from models.cli_support import add_model_arguments, resolve_device
 
+from ._backends import BACKENDS, make_backend
 from ._cmd_attack import _solver_spec
-from .run import ALL_METHODS, DEFAULT_EPS, RunConfigError, certify_parallel, certify_run, finished_examples, parse_shard
+from .certify import METHODS
+from .run import RunConfigError, RunSpec, certify_parallel, certify_run, finished_examples, parse_shard
 
 
 def _eps(text: str) -> float:
@@ -35,9 +38,9 @@ def _positive_int(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``certify`` subcommand."""
     p = sub.add_parser("certify", help="certified radii (auto_LiRPA / Lipschitz) vs attack radii, JSONL per example")
-    p.add_argument("--model", required=True, help="zoo name (e.g. ode) or checkpoint path")
+    add_model_arguments(p)
     p.add_argument("--norm", choices=["inf", "2"], default="inf")
-    p.add_argument("--method", choices=[*ALL_METHODS, "all"], default="crown")
+    p.add_argument("--method", choices=[*METHODS, "all"], default="crown")
     p.add_argument("--n", type=_positive_int, default=100, help="held-out examples (the first n)")
     p.add_argument("--eps", type=_eps, nargs="+", help="ε values of the certified-accuracy table")
     p.add_argument("--out", default=None, help="run directory (default runs/certify-<model>-<norm>-<method>)")
@@ -45,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", default=None, help="k/N: certify examples i with i %% N == k-1")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="worker processes on this machine (shards merged at the end); not with --shard")
+    p.add_argument("--backend", choices=list(BACKENDS), default="local",
+                   help="where the --jobs lanes run: local processes, or a Dask cluster (same files, same --resume)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--backend dask: the scheduler, e.g. tcp://host:8786 (default: a local cluster of --jobs "
+                        "workers)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-attack", action="store_true", help="skip the empirical radius and soundness check")
@@ -58,47 +66,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the certification; prints the summary table."""
-    import torch
+def _spec(args: argparse.Namespace, arch: str | None) -> RunSpec:
+    """The run's spec from the command line (``config.json`` of the run directory)."""
+    return RunSpec(model=args.model, weights=args.weights, arch=arch, norm=args.norm,
+                   methods=METHODS if args.method == "all" else (args.method,), n=args.n,
+                   eps=tuple(args.eps or ()), seed=args.seed, attack=not args.no_attack, jobs=args.jobs,
+                   solver=args.solver, fixed_steps=args.fixed_steps, shard=parse_shard(args.shard))
 
-    from models.data import load_dataset
-    from models.zoo import resolve
 
-    shard = parse_shard(args.shard)
+def _check_combination(args: argparse.Namespace) -> None:
+    """Refuse flags that contradict each other (before loading anything)."""
+    parse_shard(args.shard)
     if args.jobs > 1 and args.shard is not None:
         raise RunConfigError("--jobs runs every shard on this machine: give --jobs or --shard, not both")
-    resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    model, meta = resolve(args.model, args.device)
-    if args.solver is not None:
-        if not hasattr(model, "solver"):
-            raise RunConfigError(f"--solver: model {args.model} ({meta.get('arch')}) has no ODE solver")
-        model.solver = args.solver
-    x, y = load_dataset("mnist-t10k", split="test", data_dir=args.data_dir)
-    x, y = x[: args.n].to(args.device), y[: args.n].to(args.device)
-    methods = list(ALL_METHODS) if args.method == "all" else [args.method]
-    eps = list(args.eps or DEFAULT_EPS[args.norm])
-    config = {"model": args.model, "arch": meta.get("arch"), "norm": args.norm, "methods": methods, "n": args.n,
-              "eps": eps, "seed": args.seed, "attack": not args.no_attack, "dataset": "mnist-t10k/test"}
-    if args.jobs > 1:
-        config["jobs"] = args.jobs  # a resumed run must use the same shards
-    if args.solver is not None:
-        config["solver"] = args.solver.to_dict()
-    if args.fixed_steps:
-        config["fixed_steps"] = True
-    out = args.out or f"runs/certify-{args.model.replace('/', '_')}-{args.norm}-{args.method}"
-    try:
-        if args.shard is not None:  # one shard of a run split across machines
-            summary = certify_run(model, x, y, out, methods, args.norm, config, eps, shard, args.resume, args.seed,
-                                  not args.no_attack, fixed_steps=args.fixed_steps)
-        else:  # every example here, on --jobs processes (certify_parallel with 1 job is certify_run)
-            summary = certify_parallel(model, x, y, out, methods, args.norm, config, eps, args.jobs, args.resume,
-                                       args.seed, not args.no_attack, fixed_steps=args.fixed_steps)
-    except KeyboardInterrupt:
-        print(f"interrupted: {finished_examples(out)} of {args.n} examples finished in {out}; "
-              "run the same command with --resume to continue", file=sys.stderr)
-        return 130
+    if args.backend == "dask" and args.shard is not None:
+        raise RunConfigError("--shard serves one task of a job array; --backend dask spreads the whole run over a "
+                             "cluster: not both")
+
+
+def _print_summary(summary: dict[str, Any], out: str) -> None:
+    """The table, peak memory, and one warning line each for unsound and unchecked examples."""
     print(summary["table"])
     mem = summary.get("peak_memory", {})
     print("peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
@@ -109,4 +96,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"WARNING: unchecked {summary['unchecked_examples']}: the attack found no adversarial example for "
               "these correctly classified examples, so their certificates were not checked", file=sys.stderr)
     print(f"results: {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the certification; prints the summary table."""
+    import torch
+
+    from models.data import load_dataset
+    from models.zoo import resolve
+
+    _check_combination(args)
+    backend = make_backend(args.backend, args.address)
+    resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    model, meta = resolve(args.model, args.device, weights=args.weights)
+    if args.solver is not None:
+        if not hasattr(model, "solver"):
+            raise RunConfigError(f"--solver: model {args.model} ({meta.get('arch')}) has no ODE solver")
+        model.solver = args.solver
+    spec = _spec(args, meta.get("arch"))
+    x, y = load_dataset("mnist-t10k", split="test", data_dir=args.data_dir)
+    x, y = x[: args.n].to(args.device), y[: args.n].to(args.device)
+    out = args.out or f"runs/certify-{args.model.replace('/', '_')}-{args.norm}-{args.method}"
+    try:
+        if args.shard is not None:  # one shard of a run split across machines
+            summary = certify_run(spec, out, model, x, y, resume=args.resume)
+        else:  # every example, in --jobs lanes on the backend
+            summary = certify_parallel(spec, out, model, x, y, backend=backend, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted: {finished_examples(out)} of {args.n} examples finished in {out}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    _print_summary(summary, out)
     return 0

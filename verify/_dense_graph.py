@@ -18,14 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipbound.tableau import ButcherTableau, tableau_for_solver
-from models.fields import ConcatConv2d, VerifiableField
-from models.lenet import MLP
-from models.odenet import ODENet
-from models.resnet import ResNet
+from models.fields import ConcatConv2d
 
-from ._dense_output import dense_output_weights
-from .unroll import surrogate_description
+from ._lower import Flow, Layers, Lowered, Op, Step, UnsupportedLayerError, lower
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +95,12 @@ class _LayoutError(GraphError):
     """The space-to-depth layout does not fit this model (the graph is rebuilt without it)."""
 
 
-def _leading_block(seq: nn.Module, shape: tuple[int, ...]) -> int:
-    """Product of the strides of the leading run of convolutions (and ReLUs) of ``seq``."""
+def _leading_block(ir: Lowered) -> int:
+    """Product of the strides of the leading run of convolutions (and ReLUs) of the IR."""
     block = 1
-    layers = [m for m in seq.modules() if not isinstance(m, nn.Sequential)] if isinstance(seq, nn.Sequential) else []
-    for layer in layers:
+    shape = ir.input_shape
+    first = ir.parts[0] if ir.parts and isinstance(ir.parts[0], Layers) else Layers(())
+    for _, layer in first.ops:
         if isinstance(layer, nn.Conv2d) and layer.stride[0] == layer.stride[1]:
             block *= layer.stride[0]
         elif not isinstance(layer, nn.ReLU):
@@ -173,76 +169,47 @@ class DenseGraph:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: nn.Module, steps: Sequence[tuple[float, float]] | None = None) -> DenseGraph:
-        """Graph of an ODENet (verifiable field), ResNet, MLP or ``nn.Sequential``.
-
-        Args:
-            model: the classifier.
-            steps: (t0, dt) or (t0, dt, θ) step sequence for an ODENet (default: its fixed
-                grid); the fixed-step surrogate of an adaptive solver passes the steps it
-                accepted (:func:`verify.unroll.accepted_steps`), the last one read at θ.
+    def from_model(cls, model: nn.Module) -> DenseGraph:
+        """Graph of a model :func:`verify._lower.lower` accepts (fixed-step solvers).
 
         Raises:
-            GraphError: unsupported model or layer.
+            GraphError: a layer with no dense affine–ReLU form, or a model that does not lower.
         """
-        shape = tuple(getattr(model, "input_shape", (1, 28, 28)))
-        like = next(model.parameters(), None)
-        if like is None:
-            raise GraphError("a model without parameters has nothing to bound")
-        first = model.stem if isinstance(model, (ODENet, ResNet)) else getattr(model, "net", model)
-        block = _leading_block(first, shape)
-        if block > 1:
-            try:
-                return cls._build(model, steps, shape, like.detach(), block)
-            except _LayoutError:
-                pass
-        return cls._build(model, steps, shape, like.detach(), 1)
+        try:
+            ir = lower(model)
+        except UnsupportedLayerError as err:
+            raise GraphError(str(err)) from err
+        return cls.from_lowered(ir)
 
     @classmethod
-    def _build(cls, model: nn.Module, steps: Sequence[tuple[float, float]] | None, shape: tuple[int, ...],
-               like: torch.Tensor, block: int) -> DenseGraph:
-        g = _Builder(shape, like, block)
-        if isinstance(model, ODENet):
-            g.sequential(model.stem)
-            field = model.block.field
-            if not isinstance(field, VerifiableField):
-                raise GraphError(f"vector field {type(field).__name__} has no affine–ReLU form")
-            solver = model.solver
-            if steps is None:
-                if not solver.is_fixed:
-                    raise GraphError("an adaptive solver needs its accepted step sequence")
-                dt = solver.T / solver.n_steps
-                steps = [(k * dt, dt) for k in range(solver.n_steps)]
-            tab = tableau_for_solver(solver.method)
-            for step in steps:
-                theta = step[2] if len(step) > 2 else 1.0
-                g.rk_step(field, tab, step[0], step[1],
-                          dense_output_weights(solver.method, tab, theta) if theta != 1.0 else None)
-            g.sequential(model.head)
-            desc = (f"{solver.method} {len(steps)} steps, T={solver.T:g}" if solver.is_fixed
-                    else surrogate_description(solver, len(steps)))
-        elif isinstance(model, ResNet):
-            g.sequential(model.stem)
-            euler = tableau_for_solver("euler")
-            for k in range(model.n_blocks):
-                field = model.block_field(k)
-                if not isinstance(field, VerifiableField):
-                    raise GraphError(f"vector field {type(field).__name__} has no affine–ReLU form")
-                g.rk_step(field, euler, k * model.step, model.step)
-            g.sequential(model.head)
-            desc = f"resnet {model.n_blocks} blocks, step {model.step:g}"
-        elif isinstance(model, MLP):
-            g.sequential(model.net)
-            desc = "mlp"
-        elif isinstance(model, nn.Sequential):
-            g.sequential(model)
-            desc = "sequential"
-        else:
-            raise GraphError(f"model type {type(model).__name__} has no dense affine–ReLU graph")
+    def from_lowered(cls, ir: Lowered) -> DenseGraph:
+        """Graph of the lowered IR (see :mod:`verify._lower`).
+
+        Raises:
+            GraphError: a layer with no dense affine–ReLU form (e.g. max pooling).
+        """
+        like = torch.zeros((), dtype=ir.dtype, device=ir.device)
+        block = _leading_block(ir)
+        if block > 1:
+            try:
+                return cls._build(ir, like, block)
+            except _LayoutError:
+                pass
+        return cls._build(ir, like, 1)
+
+    @classmethod
+    def _build(cls, ir: Lowered, like: torch.Tensor, block: int) -> DenseGraph:
+        g = _Builder(ir.input_shape, like, block)
+        for part in ir.parts:
+            if isinstance(part, Layers):
+                g.sequential(part.ops)
+            else:
+                for step in part.steps:
+                    g.rk_step(part, step)
         g.flush()
         if g.block != 1:
             raise _LayoutError("space-to-depth layout not undone")
-        return cls(shape, g.nodes, desc, g.input_block)
+        return cls(ir.input_shape, g.nodes, ir.description, g.input_block)
 
     def flat_input(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) images -> (N, dim) input-node vectors."""
@@ -280,6 +247,7 @@ class _Builder:
         self.cur = 0
         self.shape = (c * block * block, h // block, w // block) if block > 1 else tuple(input_shape)
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, _ConvT | None] | None = None
+        self._field_cache: dict[tuple[int, tuple[int, ...]], tuple] = {}
 
     def _append(self, node: _Node) -> int:
         self.nodes.append(node)
@@ -357,65 +325,63 @@ class _Builder:
             self._pending = (merged, w @ b0 + b, merged.norm(dim=1), src, None)
         self.shape = out_shape
 
-    def sequential(self, seq: nn.Module) -> None:
-        for name, layer in seq.named_children():
-            if isinstance(layer, nn.Sequential):
-                self.sequential(layer)
-            elif isinstance(layer, nn.ReLU):
+    def sequential(self, ops: Sequence[Op], t: float = 0.0) -> None:
+        """Append a run of layers; a field's :class:`ConcatConv2d` is read at time ``t``."""
+        for where, layer in ops:
+            if isinstance(layer, nn.ReLU):
                 src = self.flush()
                 self.cur = self._append(_Node("relu", (src,), dim=self.nodes[src].dim))
             elif isinstance(layer, nn.Identity):
                 continue
+            elif isinstance(layer, ConcatConv2d):
+                self.field_conv(layer, t)
             elif isinstance(layer, (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.Flatten)):
                 self.affine(layer)
             else:
-                raise GraphError(f"layer {name} ({type(layer).__name__}) has no dense affine–ReLU form")
+                raise GraphError(f"layer {where} ({type(layer).__name__}) has no dense affine–ReLU form")
 
-    def _conv(self, conv: ConcatConv2d, t: float, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  _ConvT | None]:
-        """(W, β(t), W as a convolution) of a field convolution on inputs of ``shape``, the time plane
-        folded into β."""
-        src = conv.conv
-        tc = int(conv.time_channel)
+    def field_conv(self, conv: ConcatConv2d, t: float) -> None:
+        """A field convolution at time t: its matrix on the state, the time plane folded into its bias
+        (b(t) = b(0) + t·(b(1) − b(0)), the plane's image being linear in t; matrices are cached)."""
+        if self.block > 1:
+            raise _LayoutError("ConcatConv2d inside a space-to-depth layout")
+        key = (id(conv), self.shape)
+        if key not in self._field_cache:
+            src, tc = conv.conv, int(conv.time_channel)
 
-        def apply(h: torch.Tensor) -> torch.Tensor:
-            if tc:
-                h = torch.cat([torch.full_like(h[:, :1], t), h], dim=1)
-            return src(h)
+            def apply_at(tv: float) -> Callable[[torch.Tensor], torch.Tensor]:
+                return lambda h: src(torch.cat([torch.full_like(h[:, :1], tv), h], dim=1) if tc else h)
 
-        w, b, out_shape = _dense(apply, shape, src.weight)
-        return w, b, _ConvT.of(src, src.weight[:, tc:], shape, out_shape)
+            w, b0, out_shape = _dense(apply_at(0.0), self.shape, src.weight)
+            slope = _from_nchw(apply_at(1.0)(torch.zeros(1, *self.shape, dtype=w.dtype, device=w.device)))[0] - b0
+            conv_t = _ConvT.of(src, src.weight[:, tc:], self.shape, out_shape)
+            self._field_cache[key] = (w, b0, slope if tc else None, conv_t, out_shape)
+        w, b0, slope, conv_t, out_shape = self._field_cache[key]
+        b = b0 if slope is None else b0 + t * slope
+        src = self.flush()
+        self._pending = (w, b, w.norm(dim=1), src, conv_t)
+        self.shape = out_shape
 
-    def rk_step(self, field: VerifiableField, tab: ButcherTableau, t0: float, dt: float,
-                weights: Sequence[float] | None = None) -> None:
-        """One step from t0 of size dt; ``weights`` replace the output row b (dense output at θ < 1)."""
+    def rk_step(self, flow: Flow, step: Step) -> None:
+        """One Runge–Kutta step of the flow's field chain; a θ < 1 step outputs its interpolant."""
         y = self.flush()
-        a, c = tab.a_float, tab.c_float
-        b = tuple(weights) if weights is not None else tab.b_float
-        s = len(b)
-        needed = [b[i] != 0.0 or any(a[k][i] != 0.0 for k in range(i + 1, s)) for i in range(s)]
-        with torch.no_grad():
-            hidden = tuple(field.conv1(torch.zeros(()), torch.zeros(1, *self.shape)).shape[1:])
-        w2, _, conv2 = self._conv(field.conv2, 0.0, hidden)
-        beta2 = [self._conv(field.conv2, t0 + c[j] * dt, hidden)[1] for j in range(s)]
+        state_shape = self.shape
+        a, c = flow.tableau.a_float, flow.tableau.c_float
+        b = flow.output_row(step)
         ks: dict[int, int] = {}
         dim = self.nodes[y].dim
-        for i in range(s):
-            if not needed[i]:
+        for i, use in enumerate(flow.needed(b)):
+            if not use:
                 continue
             terms = [j for j in range(i) if a[i][j] != 0.0]
-            if terms:
-                bias = sum(dt * a[i][j] * beta2[j] for j in terms)
-                yi = self._append(_Node("sum", (y, *(ks[j] for j in terms)), bias=bias,
-                                        coef=(1.0, *(dt * a[i][j] for j in terms)), dim=dim))
-            else:
-                yi = y
-            w1, b1, conv1 = self._conv(field.conv1, t0 + c[i] * dt, self.shape)
-            p = self._append(_Node("affine", (yi,), w1, b1, dim=w1.shape[0], l2_dev=w1.norm(dim=1), conv=conv1))
-            z = self._append(_Node("relu", (p,), dim=w1.shape[0]))
-            ks[i] = self._append(_Node("affine", (z,), w2, torch.zeros(w2.shape[0], dtype=w2.dtype, device=w2.device),
-                                       dim=w2.shape[0], conv=conv2))
-        terms = [i for i in range(s) if b[i] != 0.0]
-        bias = sum(dt * b[i] * beta2[i] for i in terms)
-        self.cur = self._append(_Node("sum", (y, *(ks[i] for i in terms)), bias=bias,
-                                      coef=(1.0, *(dt * b[i] for i in terms)), dim=dim))
+            self.cur = y if not terms else self._append(
+                _Node("sum", (y, *(ks[j] for j in terms)), coef=(1.0, *(step.dt * a[i][j] for j in terms)), dim=dim))
+            self.shape = state_shape
+            self.sequential(step.field, step.t0 + c[i] * step.dt)
+            ks[i] = self.flush()
+            if self.shape != state_shape:
+                raise GraphError(f"vector field of {flow.where} maps states {state_shape} to {self.shape}")
+        terms = [i for i in ks if b[i] != 0.0]
+        self.cur = self._append(_Node("sum", (y, *(ks[i] for i in terms)),
+                                      coef=(1.0, *(step.dt * b[i] for i in terms)), dim=dim))
+        self.shape = state_shape

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from types import ModuleType
 
 from models.cli_support import OneLineArgumentParser, run_main, subparsers
 
+from . import _cmd_attack, _cmd_bounds, _cmd_certify, _cmd_merge, _cmd_plot, _cmd_study
+
 #: subcommand modules, in the order ``--help`` shows them.
-COMMANDS: tuple[str, ...] = ("_cmd_bounds", "_cmd_certify", "_cmd_merge", "_cmd_plot", "_cmd_attack", "_cmd_study")
+COMMANDS: tuple[ModuleType, ...] = (_cmd_bounds, _cmd_certify, _cmd_merge, _cmd_plot, _cmd_attack, _cmd_study)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``verify`` argument parser."""
-    import importlib
-
     parser = OneLineArgumentParser(prog="python -m verify", description=__doc__.splitlines()[0])
     sub = subparsers(parser)
-    for name in COMMANDS:
-        importlib.import_module(f"verify.{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

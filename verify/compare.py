@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._lower import Lowered, is_adaptive, lower
+
 #: slack for float round-off when comparing a certified radius with an empirical one.
 SOUNDNESS_SLACK = 1e-6
 
@@ -76,29 +78,27 @@ def ratio(certified: float, empirical: float) -> float | None:
     return certified / empirical
 
 
-def measured_growth(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> list[float] | None:
-    """‖z_n − y_n‖₂ / ‖z_0 − y_0‖₂ after each unrolled solver step, for an ODE-net or ResNet.
+def measured_growth(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, ir: Lowered | None = None
+                    ) -> list[float] | None:
+    """‖z_n − y_n‖₂ / ‖z_0 − y_0‖₂ after each solver step of the model's (first) ODE block or
+    residual chain, None for a model without one.
 
     y_n are the states of the clean input, z_n those of ``x_adv`` (the perturbation δ
-    enters the block as z_0 − y_0, the stem's image of δ).
+    enters the block as z_0 − y_0, the layers' image of δ). ``ir``: the model's lowered IR
+    when the caller has it (a :class:`~verify.certify.Certifier`'s ``ir``); otherwise it is
+    lowered here (an adaptive solver: the fixed-step surrogate of the steps accepted on x).
     """
-    from .unroll import StaticNet, is_adaptive, unroll
-
-    adaptive = is_adaptive(model)
-    # an adaptive solver: the growth through the fixed-step surrogate of the steps accepted on x
-    net = unroll(model, x if adaptive else None, fixed_steps=adaptive).module
-    if not isinstance(net, StaticNet):
-        return None
+    if ir is None:
+        adaptive = is_adaptive(model)
+        ir = lower(model, x if adaptive else None, fixed_steps=adaptive)
     with torch.no_grad():
-        y, z = net.stem(x), net.stem(x_adv)
-        d0 = float((z - y).norm())
-        if d0 == 0:
-            return None
-        out = []
-        for step in net.steps:
-            y, z = step(y), step(z)
-            out.append(float((z - y).norm()) / d0)
-    return out
+        ys, zs = ir.states(x), ir.states(x_adv)
+    if not ys:
+        return None
+    d0 = float((zs[0] - ys[0]).norm())
+    if d0 == 0:
+        return None
+    return [float((z - y).norm()) / d0 for y, z in zip(ys[1:], zs[1:])]
 
 
 def _median(values: Sequence[float]) -> float | None:

@@ -99,7 +99,7 @@ def _symbolic_growth(config: dict[str, Any], n_steps: int,
         if model is None:
             from models.zoo import resolve
 
-            model, _ = resolve(config["model"])
+            model, _ = resolve(config["model"], weights=config.get("weights"))
             if config.get("solver") and hasattr(model, "solver"):  # the run's --solver
                 from models.solver import SolverConfig
 
@@ -169,39 +169,21 @@ def _note(ax: Any, text: str, y: float = 0.5, color: str = "black") -> None:
             zorder=5, bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": color, "alpha": 0.8})
 
 
-def run_figures(out: str | os.PathLike[str], model: nn.Module | None = None) -> RunFigures:
-    """The scatter, CDF and (ODE/ResNet runs) growth figures of a run directory.
+def _norm_label(config: dict[str, Any]) -> str:
+    return "ℓ∞" if config["norm"] == "inf" else "ℓ2"
 
-    Args:
-        out: the run directory (``config.json`` and ``results.jsonl`` or its shards).
-        model: the run's model for the symbolic growth bound (default: resolve
-            ``config["model"]``).
 
-    Returns:
-        the figures and the warnings they carry.
-
-    Raises:
-        RunConfigError: not a run directory or no results.
-    """
+def _scatter_figure(config: dict[str, Any], records: Sequence[dict[str, Any]], context: list[str],
+                    notes: list[str]) -> Figure:
+    """Certified vs empirical radius per method, the y = x soundness limit; unchecked examples noted."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
-    out = Path(out)
-    if not (out / "config.json").exists():
-        raise RunConfigError(f"{out} is not a certification run directory (no config.json)")
-    config = json.loads((out / "config.json").read_text())
-    records = _records(out)
-    context = _context(config, records)
     recs = [r for r in records if r.get("correct")]
-    methods = config["methods"]
-    norm = "ℓ∞" if config["norm"] == "inf" else "ℓ2"
-    notes: list[str] = []
-    figures: dict[str, Figure] = {}
-
+    norm = _norm_label(config)
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot()
     top = 0.0
-    for m in methods:
+    for m in config["methods"]:
         pts = [(r["empirical"], r["methods"][m]["radius"]) for r in recs
                if _finite(r.get("empirical")) and m in r["methods"]]
         if pts:
@@ -223,11 +205,17 @@ def run_figures(out: str | os.PathLike[str], model: nn.Module | None = None) -> 
     ax.set_ylabel(f"certified radius ({norm})")
     ax.legend()
     _title(ax, "certified vs empirical radius", context)
-    figures["scatter.png"] = fig
+    return fig
 
+
+def _cdf_figure(config: dict[str, Any], records: Sequence[dict[str, Any]], context: list[str]) -> Figure:
+    """The CDF of each method's certified radius and of the attack's, over the correct examples."""
+    from matplotlib.figure import Figure
+
+    recs = [r for r in records if r.get("correct")]
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
-    series = {m: [r["methods"][m]["radius"] for r in recs if m in r["methods"]] for m in methods}
+    series = {m: [r["methods"][m]["radius"] for r in recs if m in r["methods"]] for m in config["methods"]}
     attacked = [r["empirical"] for r in recs if _finite(r.get("empirical"))]
     n_unchecked = len(recs) - len(attacked)
     series["attack (empirical" + (f", {n_unchecked} unchecked)" if n_unchecked else ")")] = attacked
@@ -239,31 +227,67 @@ def run_figures(out: str | os.PathLike[str], model: nn.Module | None = None) -> 
         ax.legend()
     else:
         _note(ax, "empty: no finite radius to plot", 0.5, "tab:red")
-    ax.set_xlabel(f"radius ({norm})")
+    ax.set_xlabel(f"radius ({_norm_label(config)})")
     ax.set_ylabel("fraction of examples with radius ≤ r")
     _title(ax, "radius CDF (correctly classified examples)", context)
-    figures["cdf.png"] = fig
+    return fig
 
-    growth = [r["growth"] for r in recs if r.get("growth")]
-    if growth:
-        n = max(len(g) for g in growth)
-        fig = Figure(figsize=(6, 4.5))
-        ax = fig.add_subplot()
-        for g in growth:
-            ax.plot(range(1, len(g) + 1), g, color="tab:blue", alpha=0.2, lw=1)
-        ax.plot([], [], color="tab:blue", label="measured ‖z_n − y_n‖ / ‖z_0 − y_0‖ (attack δ)")
-        sym, why = _symbolic_growth(config, n, model)
-        if sym:
-            ax.plot(range(1, len(sym) + 1), sym, "r-o", label="symbolic growth bound (lipbound)")
-        else:
-            ax.plot([], [], " ", label=f"symbolic bound n/a: {why}"[:90])
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("residual block n" if config.get("arch") == "resnet" else "solver step n")
-        ax.set_ylabel("perturbation growth (ℓ2 of the state)")
-        ax.legend(fontsize=8)
-        _title(ax, f"perturbation growth through the steps ({len(growth)} attacked examples)", context)
-        figures["growth.png"] = fig
+
+def _growth_figure(config: dict[str, Any], records: Sequence[dict[str, Any]], context: list[str],
+                   model: nn.Module | None) -> Figure | None:
+    """Measured growth of each attack's δ through the steps, with lipbound's bound (None: no growth recorded)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    growth = [r["growth"] for r in records if r.get("correct") and r.get("growth")]
+    if not growth:
+        return None
+    n = max(len(g) for g in growth)
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    for g in growth:
+        ax.plot(range(1, len(g) + 1), g, color="tab:blue", alpha=0.2, lw=1)
+    ax.plot([], [], color="tab:blue", label="measured ‖z_n − y_n‖ / ‖z_0 − y_0‖ (attack δ)")
+    sym, why = _symbolic_growth(config, n, model)
+    if sym:
+        ax.plot(range(1, len(sym) + 1), sym, "r-o", label="symbolic growth bound (lipbound)")
+    else:
+        ax.plot([], [], " ", label=f"symbolic bound n/a: {why}"[:90])
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("residual block n" if config.get("arch") == "resnet" else "solver step n")
+    ax.set_ylabel("perturbation growth (ℓ2 of the state)")
+    ax.legend(fontsize=8)
+    _title(ax, f"perturbation growth through the steps ({len(growth)} attacked examples)", context)
+    return fig
+
+
+def run_figures(out: str | os.PathLike[str], model: nn.Module | None = None) -> RunFigures:
+    """The scatter, CDF and (ODE/ResNet runs) growth figures of a run directory.
+
+    Args:
+        out: the run directory (``config.json`` and ``results.jsonl`` or its shards).
+        model: the run's model for the symbolic growth bound (default: resolve
+            ``config["model"]``).
+
+    Returns:
+        the figures and the warnings they carry.
+
+    Raises:
+        RunConfigError: not a run directory or no results.
+    """
+    out = Path(out)
+    if not (out / "config.json").exists():
+        raise RunConfigError(f"{out} is not a certification run directory (no config.json)")
+    config = json.loads((out / "config.json").read_text())
+    records = _records(out)
+    context = _context(config, records)
+    notes: list[str] = []
+    figures = {"scatter.png": _scatter_figure(config, records, context, notes),
+               "cdf.png": _cdf_figure(config, records, context)}
+    growth = _growth_figure(config, records, context, model)
+    if growth is not None:
+        figures["growth.png"] = growth
     return RunFigures(figures, tuple(notes))
 
 

@@ -1,9 +1,11 @@
 """A resumable certification run: certified radii per example, next to attack radii, as JSONL.
 
-Each finished example is appended to ``results[-k-of-N].jsonl`` as one JSON line and
-flushed + fsynced, so a run killed at any point loses at most the example in progress;
-``resume=True`` skips the indices already written after checking that the run
-configuration (``config.json``) is the same.
+A run is described by one :class:`RunSpec` (its ``config.json``) and produces one
+:class:`ExampleRecord` per example, appended to ``results[-k-of-N].jsonl`` as one JSON line
+and flushed + fsynced, so a run killed at any point loses at most the examples in progress;
+``resume=True`` skips the indices already written after checking that the configuration is
+the same. :func:`certify_run` certifies one shard in this process; :func:`certify_parallel`
+spreads the lanes of a run over local processes or a Dask cluster (:mod:`verify._backends`).
 
 References:
     Xu et al., "Automatic Perturbation Analysis for Scalable Certified Robustness and
@@ -14,44 +16,24 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import resource
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .certify import METHODS, Certifier, CertifyError, check_adaptive, check_method, check_norm
-from .unroll import is_adaptive
+from ._runspec import (DEFAULT_EPS, EPS_MAX, ExampleRecord, MethodRecord, RunConfigError, RunSpec,
+                       parse_shard)
+from .certify import METHODS, Certifier, check_adaptive
 from .compare import empirical_radius, measured_growth, ratio, soundness_flags, summarize, summary_table
+from .unroll import is_adaptive
 
-#: default ε grid of the summary table and search ceilings, per norm. The L2 grid brackets what CROWN
-#: certifies on the zoo models (median 0.059 on resnet) and what CW finds (median 0.95 there).
-DEFAULT_EPS: dict[str, tuple[float, ...]] = {"inf": (0.01, 0.02, 0.05, 0.1), "2": (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)}
-EPS_MAX: dict[str, float] = {"inf": 0.5, "2": 5.0}
-ALL_METHODS: tuple[str, ...] = ("ibp", "crown", "alpha-crown", "forward", "lipschitz")
-
-
-class RunConfigError(ValueError):
-    """A run directory whose configuration differs from the requested one (or bad run arguments)."""
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """``"k/N"`` -> (k, N) with 1 ≤ k ≤ N; None -> (1, 1)."""
-    if spec is None:
-        return 1, 1
-    try:
-        k, n = (int(v) for v in spec.split("/"))
-    except ValueError:
-        raise RunConfigError(f"--shard must look like k/N (e.g. 2/4), got {spec!r}") from None
-    if not (n >= 1 and 1 <= k <= n):
-        raise RunConfigError(f"--shard k/N needs 1 <= k <= N, got {spec!r}")
-    return k, n
+if TYPE_CHECKING:
+    from ._backends import Backend
 
 
 def results_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -61,7 +43,10 @@ def results_path(out: Path, shard: tuple[int, int]) -> Path:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (killed mid-write) is ignored."""
+    """Records of a JSONL file as JSON objects; a torn last line (killed mid-write) is ignored.
+
+    See :func:`read_example_records` for the typed records.
+    """
     if not path.exists():
         return []
     out = []
@@ -73,16 +58,41 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def read_example_records(path: Path) -> list[ExampleRecord]:
+    """:func:`read_records` as :class:`ExampleRecord` s.
+
+    Raises:
+        RunConfigError: a line that is not an example record.
+    """
+    return [ExampleRecord.from_json(r) for r in read_records(path)]
+
+
+def append_record(path: Path, record: ExampleRecord) -> None:
+    """Append one record as a JSON line, flushed and fsynced (an interruption loses nothing written).
+
+    A torn last line (a writer killed mid-line) is ended first, so the new record starts a line
+    of its own instead of joining the unreadable one.
+    """
+    line = (json.dumps(record.to_json()) + "\n").encode()
+    with open(path, "ab+") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)  # append mode: at the end whatever the read position
         f.flush()
         os.fsync(f.fileno())
 
 
-def _prepare(out: Path, config: dict[str, Any], resume: bool) -> None:
+def prepare_run(out: Path, spec: RunSpec, resume: bool) -> None:
+    """Create the run directory with ``config.json``, or check an existing one against ``spec``.
+
+    Raises:
+        RunConfigError: an existing run without ``resume``, or one with another configuration.
+    """
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "config.json"
+    config = spec.to_json()
     if cfg.exists():
         old = json.loads(cfg.read_text())
         if not resume:
@@ -102,194 +112,187 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
-def certify_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | os.PathLike[str],
-                methods: Sequence[str], norm: str, config: dict[str, Any], eps_list: Sequence[float] | None = None,
-                shard: tuple[int, int] = (1, 1), resume: bool = False, seed: int = 0, attack: bool = True,
-                progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None,
-                fixed_steps: bool = False) -> dict[str, Any]:
-    """Certify examples ``x[i]`` (i ≡ k−1 mod N for shard k/N), appending one JSON line per example.
+def shard_todo(spec: RunSpec, n_examples: int, path: Path) -> tuple[list[int], list[dict[str, Any]]]:
+    """The indices of ``spec.shard`` still to certify, and the records its file already holds."""
+    done = read_records(path)
+    have = {r["index"] for r in done}
+    k, n = spec.shard
+    return [i for i in range(n_examples) if i % n == k - 1 and i not in have], done
+
+
+def resume_ratios(records: Iterable[dict[str, Any]], methods: Iterable[str]) -> dict[str, list[float]]:
+    """Radius / clean-margin ratios of finished examples, in index order, per method.
+
+    Each search starts from the ratios of the examples before it (see
+    :meth:`Certifier.radius`); rebuilding them on resume makes a resumed run take exactly the
+    search path of an uninterrupted one.
+    """
+    ratios: dict[str, list[float]] = {m: [] for m in methods}
+    for r in sorted(records, key=lambda r: r["index"]):
+        for m in ratios:
+            rec_m = r["methods"].get(m, {})
+            if rec_m.get("radius", 0) > 0 and rec_m.get("upper") is not None and rec_m.get("margin0"):
+                ratios[m].append(rec_m["radius"] / rec_m["margin0"])
+    return ratios
+
+
+class ExampleCertifier:
+    """Certifies the examples of one lane in order, each search starting from the ratios before it.
 
     Args:
+        spec: the run.
         model: classifier in eval mode.
-        x, y: the examples (N, C, H, W) and labels.
+
+    Raises:
+        CertifyError: an adaptive solver without ``spec.fixed_steps`` (or with ``lipschitz``).
+    """
+
+    def __init__(self, spec: RunSpec, model: nn.Module) -> None:
+        for m in spec.methods:
+            check_adaptive(model, m, spec.fixed_steps)
+        self.spec, self.model = spec, model
+        self.adaptive = is_adaptive(model)
+        #: per method, radius / clean margin of the examples certified so far.
+        self.ratios: dict[str, list[float]] = {m: [] for m in spec.methods}
+        self._fixed = {} if self.adaptive else {m: Certifier(model, spec.norm, m, engine=spec.engine)
+                                                for m in spec.methods}
+
+    def _certifiers(self, xi: torch.Tensor) -> dict[str, Certifier]:
+        """One certifier per method with the lane's ratios; an adaptive solver's surrogate is per example."""
+        spec = self.spec
+        certs = self._fixed or {m: Certifier(self.model, spec.norm, m, x_clean=xi, engine=spec.engine,
+                                             fixed_steps=True) for m in spec.methods}
+        for m, cert in certs.items():
+            cert.search_ratios[:] = self.ratios[m]
+        return certs
+
+    def _attack(self, covered: nn.Module, xi: torch.Tensor, yi: torch.Tensor,
+                correct: bool) -> tuple[float, list[float] | None, float]:
+        """(empirical radius, measured growth, seconds); the attack targets what is certified."""
+        emp, growth = math.inf, None
+        start = time.perf_counter()
+        if self.spec.attack and correct:
+            r_emp, x_adv = empirical_radius(covered, xi, yi, self.spec.norm, self.spec.seed)
+            emp = float(r_emp[0])
+            if math.isfinite(emp):
+                growth = measured_growth(self.model, xi, x_adv[:1])
+        return emp, growth, time.perf_counter() - start
+
+    def _search(self, cert: Certifier, m: str, xi: torch.Tensor, yi: torch.Tensor, emp: float) -> MethodRecord:
+        """One method's radius search; the first example of a lane starts at half the attack's radius."""
+        guess = None if self.ratios[m] else (0.5 * emp if math.isfinite(emp) and emp > 0 else None)
+        res = cert.radius(xi, yi, self.spec.eps_max, guess=guess)
+        m0 = res.margins[0][1]
+        if res.radius > 0 and math.isfinite(res.upper):
+            self.ratios[m].append(res.radius / m0)
+        return MethodRecord(res.radius, None if math.isinf(res.upper) else res.upper, res.evaluations, res.seconds,
+                            m0, tuple(tuple(p) for p in res.margins))
+
+    def certify(self, index: int, xi: torch.Tensor, yi: torch.Tensor) -> ExampleRecord:
+        """The record of example ``index``: prediction, attack, every method's radius search.
+
+        Args:
+            index: its position in the dataset.
+            xi: (1, C, H, W) input.
+            yi: (1,) label.
+        """
+        start = time.perf_counter()
+        with torch.no_grad():
+            pred = int(self.model(xi).argmax(1))
+        label = int(yi)
+        certs = self._certifiers(xi)
+        first = certs[self.spec.methods[0]]
+        covered = first.covered_model()
+        lowering = distance = None
+        if self.adaptive:
+            with torch.no_grad():
+                distance = float((covered(xi) - self.model(xi)).abs().max())
+            lowering = first.description
+        emp, growth, attack_seconds = self._attack(covered, xi, yi, pred == label)
+        methods = {m: self._search(certs[m], m, xi, yi, emp) for m in self.spec.methods}
+        checked = self.spec.attack and pred == label
+        unsound = soundness_flags({m: r.radius for m, r in methods.items()}, emp, index) if checked else []
+        return ExampleRecord(
+            index=index, label=label, pred=pred, correct=pred == label,
+            empirical=emp if math.isfinite(emp) else None, methods=methods,
+            ratio={m: ratio(r.radius, emp) for m, r in methods.items()}, unsound=tuple(unsound),
+            certificate_covers=first.covers, lowering=lowering, adaptive_distance=distance,
+            attack_seconds=attack_seconds, growth=None if growth is None else tuple(growth),
+            seconds=time.perf_counter() - start, **peak_memory_mb())
+
+
+def certify_run(spec: RunSpec, out: str | os.PathLike[str], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                *, resume: bool = False, progress: bool = True,
+                on_record: Callable[[ExampleRecord], None] | None = None) -> dict[str, Any]:
+    """Certify the examples of ``spec.shard`` (i ≡ k−1 mod N) here, appending one JSON line per example.
+
+    Args:
+        spec: the run (``config.json``) and the shard this process serves.
         out: run directory.
-        methods: keys of :data:`~verify.certify.METHODS`.
-        norm: ``"inf"`` or ``"2"``.
-        config: the run configuration (written to / checked against ``config.json``).
-        eps_list: ε values of the summary's certified accuracy.
-        shard: (k, N).
+        model: classifier in eval mode (``spec.solver`` already swapped in).
+        x, y: the examples (N, C, H, W) and labels; the first ``spec.n`` are certified.
         resume: continue an interrupted run (a shard joining a run that another shard
             started needs no ``resume``; the configuration must still match).
-        seed: attack seed.
-        attack: compute the empirical radius and the soundness check.
         progress: show a tqdm bar.
         on_record: called after each record is written (tests use it to interrupt a run).
-        fixed_steps: for an adaptive ODE solver, certify (and attack, for the soundness
-            check) the fixed-step surrogate of each example's accepted steps; every record
-            then says ``"certificate_covers": "fixed-step surrogate, not the deployed solver"``.
-            Without it an adaptive solver is refused.
 
     Returns:
         the summary dict of this shard (also written to ``summary[-k-of-N].json``/``.md``).
 
     Raises:
         RunConfigError: existing run without ``resume``, or a different configuration.
-        CertifyError: bad norm or method; an adaptive solver without ``fixed_steps``.
+        CertifyError: an adaptive solver without ``spec.fixed_steps``.
     """
-    norm = check_norm(norm)
-    methods = [check_method(m) for m in methods]
-    if not methods:
-        raise CertifyError("no certification method given")
-    for m in methods:
-        check_adaptive(model, m, fixed_steps)
-    adaptive = is_adaptive(model)
-    eps_list = tuple(eps_list or DEFAULT_EPS[norm])
-    out = Path(out)
-    path = results_path(out, shard)
-    # A shard that has not run yet joins a sharded run another shard started (same config):
-    # only a rerun of a shard that already wrote results needs ``resume``.
-    _prepare(out, config, resume or (shard[1] > 1 and not path.exists()))
-    path.touch()  # an empty shard (more shards than examples) is still a shard that ran
-    done = {r["index"] for r in read_records(path)}
-    todo = [i for i in range(x.shape[0]) if i % shard[1] == shard[0] - 1 and i not in done]
-    certifiers = {} if adaptive else {m: Certifier(model, norm, m) for m in methods}
     from tqdm import tqdm
 
-    # Each search starts from the radius-to-margin ratios of the examples before it (see
-    # Certifier.radius); rebuild them on resume so a resumed run takes exactly the same search
-    # path as an uninterrupted one.
-    ratios: dict[str, list[float]] = {m: [] for m in methods}
-    for r in sorted(read_records(path), key=lambda r: r["index"]):
-        for m in methods:
-            rec_m = r["methods"].get(m, {})
-            if rec_m.get("radius", 0) > 0 and rec_m.get("upper") is not None and rec_m.get("margin0"):
-                ratios[m].append(rec_m["radius"] / rec_m["margin0"])
-    for m, cert in certifiers.items():
-        cert.search_ratios.extend(ratios[m])
-    for i in tqdm(todo, desc=f"certify {norm}", disable=not progress):
-        start = time.perf_counter()
-        xi, yi = x[i:i + 1], y[i:i + 1]
-        with torch.no_grad():
-            pred = int(model(xi).argmax(1))
-        rec: dict[str, Any] = {"index": i, "label": int(yi), "pred": pred, "correct": pred == int(yi),
-                               "empirical": None, "methods": {}, "ratio": {}, "unsound": []}
-        if adaptive:
-            # one surrogate per example (its accepted steps); the attack checks what is certified
-            for m in methods:
-                certifiers[m] = Certifier(model, norm, m, x_clean=xi, fixed_steps=True)
-                certifiers[m].search_ratios.extend(ratios[m])
-        first = certifiers[methods[0]]
-        covered = first.covered_model()
-        rec["certificate_covers"] = first.covers
-        if adaptive:
-            with torch.no_grad():
-                distance = float((covered(xi) - model(xi)).abs().max())
-            rec["lowering"], rec["adaptive_distance"] = first.description, distance
-        emp, growth = math.inf, None
-        attack_start = time.perf_counter()
-        if attack and rec["correct"]:
-            r_emp, x_adv = empirical_radius(covered, xi, yi, norm, seed)
-            emp = float(r_emp[0])
-            rec["empirical"] = emp if math.isfinite(emp) else None
-            if math.isfinite(emp):
-                growth = measured_growth(model, xi, x_adv[:1])
-        rec["attack_seconds"] = time.perf_counter() - attack_start
-        rec["growth"] = growth
-        for m in methods:
-            cert = certifiers[m]
-            g = None if ratios[m] else (0.5 * emp if math.isfinite(emp) and emp > 0 else None)
-            res = cert.radius(xi, yi, EPS_MAX[norm], guess=g)
-            m0 = res.margins[0][1]
-            if res.radius > 0 and math.isfinite(res.upper):
-                ratios[m].append(res.radius / m0)
-            rec["methods"][m] = {"radius": res.radius, "upper": None if math.isinf(res.upper) else res.upper,
-                                 "evaluations": res.evaluations, "seconds": res.seconds, "margin0": m0,
-                                 "margins": [list(p) for p in res.margins]}
-            rec["ratio"][m] = ratio(res.radius, emp)
-        if attack and rec["correct"]:
-            rec["unsound"] = soundness_flags({m: v["radius"] for m, v in rec["methods"].items()}, emp, i)
-        rec["seconds"] = time.perf_counter() - start
-        rec.update(peak_memory_mb())
-        _append(path, rec)
+    engine = ExampleCertifier(spec, model)  # refuses an adaptive solver before the run directory exists
+    out = Path(out)
+    path = results_path(out, spec.shard)
+    # A shard that has not run yet joins a sharded run another shard started (same config):
+    # only a rerun of a shard that already wrote results needs ``resume``.
+    prepare_run(out, spec, resume or (spec.shard[1] > 1 and not path.exists()))
+    path.touch()  # an empty shard (more shards than examples) is still a shard that ran
+    todo, done = shard_todo(spec, min(x.shape[0], spec.n), path)
+    engine.ratios = resume_ratios(done, spec.methods)
+    for i in tqdm(todo, desc=f"certify {spec.norm}", disable=not progress):
+        rec = engine.certify(i, x[i:i + 1], y[i:i + 1])
+        append_record(path, rec)
         if on_record is not None:
             on_record(rec)
-    return write_summary(out, read_records(path), methods, eps_list, shard)
+    return write_summary(out, read_records(path), spec.methods, spec.eps, spec.shard)
 
 
-def _shard_worker(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str, kwargs: dict[str, Any],
-                  threads: int) -> int:
-    """One worker of :func:`certify_parallel`: its shard, resumed, without a progress bar.
+def certify_parallel(spec: RunSpec, out: str | os.PathLike[str], model: nn.Module, x: torch.Tensor,
+                     y: torch.Tensor, *, backend: Backend | None = None, resume: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
+    """Every example of ``spec`` in ``spec.jobs`` lanes on a backend; the lanes' files are then merged.
 
-    Ctrl-C reaches every worker; each returns quietly (its finished examples are on disk)
-    and the parent says what finished.
-    """
-    torch.set_num_threads(threads)
-    try:
-        certify_run(model, x, y, out, resume=True, progress=False, **kwargs)
-    except KeyboardInterrupt:
-        return 1
-    return 0
-
-
-def certify_parallel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | os.PathLike[str],
-                     methods: Sequence[str], norm: str, config: dict[str, Any], eps_list: Sequence[float] | None = None,
-                     jobs: int = 2, resume: bool = False, seed: int = 0, attack: bool = True,
-                     progress: bool = True, fixed_steps: bool = False) -> dict[str, Any]:
-    """:func:`certify_run` on ``jobs`` processes: worker k certifies shard k/jobs, then the shards are merged.
-
-    Each worker runs with ``cpu_count // jobs`` torch threads and appends to its own
-    ``results-k-of-jobs.jsonl``, so an interrupted run resumes (``resume=True``, same ``jobs``)
-    without losing or repeating an example; ``results.jsonl`` and the summary are the merge.
-    The workers are spawned processes, which import the calling script again: call this from
-    under ``if __name__ == "__main__":`` in a script (``python -m verify certify --jobs`` needs nothing).
+    Lane k certifies shard k/jobs in order into ``results-k-of-jobs.jsonl`` (one lane:
+    ``results.jsonl``), so an interrupted run resumes (``resume=True``, same ``jobs``) without
+    losing or repeating an example, on either backend; ``results.jsonl`` and the summary are the
+    merge. The local backend spawns processes, which import the calling script again: call this
+    from under ``if __name__ == "__main__":`` in a script (``python -m verify certify`` needs nothing).
 
     Args:
-        model, x, y, out, methods, norm, config, eps_list, seed, attack, fixed_steps: as for
-            :func:`certify_run`.
-        jobs: number of worker processes (1: plain :func:`certify_run`).
-        resume: continue an interrupted run.
+        spec: the run; ``spec.shard`` must be (1, 1).
+        out, model, x, y, resume: as for :func:`certify_run`.
+        backend: :class:`~verify._backends.LocalProcesses` (default) or
+            :class:`~verify._backends.DaskCluster`.
         progress: a tqdm bar over all examples.
 
     Returns:
         the merged summary.
 
     Raises:
-        RunConfigError: ``jobs`` < 1, an existing run without ``resume`` or with another configuration.
-        CertifyError: bad norm or method.
+        RunConfigError: a sharded spec, an existing run without ``resume`` or with another configuration.
+        CertifyError: an adaptive solver without ``spec.fixed_steps``.
     """
-    if not isinstance(jobs, int) or jobs < 1:
-        raise RunConfigError(f"jobs must be a positive integer, got {jobs!r}")
-    kwargs: dict[str, Any] = {"methods": list(methods), "norm": norm, "config": config, "eps_list": eps_list,
-                              "seed": seed, "attack": attack, "fixed_steps": fixed_steps}
-    if jobs == 1:
-        return certify_run(model, x, y, out, resume=resume, progress=progress, **kwargs)
-    for m in methods:
-        check_method(m)
-    norm = check_norm(norm)
-    for m in methods:
-        check_adaptive(model, m, fixed_steps)
-    out = Path(out)
-    _prepare(out, config, resume)
-    paths = [results_path(out, (k, jobs)) for k in range(1, jobs + 1)]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    from tqdm import tqdm
+    from ._backends import LocalProcesses
 
-    def finished() -> int:
-        return sum(len(read_records(p)) for p in paths)
-
-    # spawn, not fork: a forked child inherits torch's thread pools and may deadlock in them
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_shard_worker, model, x, y, str(out), {**kwargs, "shard": (k, jobs)}, threads)
-                   for k in range(1, jobs + 1)]
-        with tqdm(total=x.shape[0], initial=finished(), desc=f"certify {norm} ({jobs} jobs)",
-                  disable=not progress) as bar:
-            while not all(f.done() for f in futures):
-                time.sleep(1.0)
-                bar.update(finished() - bar.n)
-        for f in futures:
-            if f.result():  # re-raises a worker's exception; 1: the worker was interrupted
-                raise KeyboardInterrupt
-    return write_summary(out, _join_shards(out), methods, tuple(eps_list or DEFAULT_EPS[norm]))
+    if spec.shard != (1, 1):
+        raise RunConfigError("--jobs runs every shard on this machine: give --jobs or --shard, not both")
+    backend = backend if backend is not None else LocalProcesses()
+    return backend.run(spec, Path(out), model, x[: spec.n], y[: spec.n], resume=resume, progress=progress)
 
 
 def write_summary(out: Path, records: list[dict[str, Any]], methods: Sequence[str], eps_list: Sequence[float],
@@ -317,11 +320,11 @@ def merge_run(out: str | os.PathLike[str]) -> dict[str, Any]:
     cfg_path = out / "config.json"
     if not cfg_path.exists():
         raise RunConfigError(f"{out} is not a certification run directory (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    return write_summary(out, _join_shards(out), config["methods"], config["eps"])
+    spec = RunSpec.from_json(json.loads(cfg_path.read_text()))
+    return write_summary(out, join_shards(out), spec.methods, spec.eps)
 
 
-def _join_shards(out: Path) -> list[dict[str, Any]]:
+def join_shards(out: Path) -> list[dict[str, Any]]:
     """The records of every shard in ``out``, checked and written to ``results.jsonl``."""
     shards = sorted(out.glob("results-*-of-*.jsonl"))
     if not shards:
@@ -354,6 +357,7 @@ def finished_examples(out: str | os.PathLike[str]) -> int:
     return sum(len(read_records(p)) for p in (shards or [out / "results.jsonl"]))
 
 
-__all__ = ["ALL_METHODS", "finished_examples", "DEFAULT_EPS", "EPS_MAX", "METHODS", "RunConfigError", "certify_parallel", "certify_run",
-           "merge_run",
-           "parse_shard", "read_records", "results_path", "write_summary"]
+__all__ = ["DEFAULT_EPS", "EPS_MAX", "METHODS", "ExampleCertifier", "ExampleRecord", "MethodRecord",
+           "RunConfigError", "RunSpec", "append_record", "certify_parallel", "certify_run", "finished_examples",
+           "join_shards", "merge_run", "parse_shard", "peak_memory_mb", "prepare_run", "read_example_records",
+           "read_records", "results_path", "resume_ratios", "shard_todo", "write_summary"]

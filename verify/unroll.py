@@ -1,24 +1,22 @@
-"""Unroll an ODE-net's solver into a static network that bound propagation can trace.
+"""The static module auto_LiRPA traces, built from the lowered IR (:mod:`verify._lower`).
 
-An explicit Runge–Kutta step of a conv–ReLU–conv field f(t, y) = W2 * relu(W1 * y + β1(t)) + β2(t)
-with stages ``Y_i = y + h Σ_j a_ij k_j`` and ``y' = y + h Σ_i b_i k_i`` is rewritten as
+An explicit Runge–Kutta step of a field chain f(t, y) = L(... relu(W1 * y + β1(t)) ...) whose last
+op is an affine map L(z) = W_L z + β_L(t), with stages ``Y_i = y + h Σ_j a_ij k_j`` and
+``y' = y + h Σ_i b_i k_i``, is rewritten as
 
-    z_i  = relu(conv1(Y_i) + β1(t + c_i h))
-    Y_i  = y + Σ_j conv[h·a_ij·W2](z_j) + h Σ_j a_ij β2(t + c_j h)
-    y'   = y + Σ_i conv[h·b_i·W2](z_i)  + h Σ_i b_i β2(t + c_i h)
+    z_i  = (the chain without its last op)(Y_i)
+    Y_i  = y + Σ_j [h·a_ij·W_L](z_j) + h Σ_j a_ij β_L(t + c_j h)
+    y'   = y + Σ_i [h·b_i·W_L](z_i)  + h Σ_i b_i β_L(t + c_i h)
 
-so every step coefficient lives inside a convolution weight (auto_LiRPA's memory-saving
-``patches`` mode rejects multiplication by scalar constants) and every constant is a bias.
-The time plane ``t·1`` of a :class:`~models.fields.ConcatConv2d` passes through a zero-padded
-convolution and becomes a fixed per-position bias map ``t·P``; without a time channel the
-biases are per-channel and fold into the convolutions' own biases.
+so every step coefficient lives inside a convolution (or linear) weight (auto_LiRPA's
+memory-saving ``patches`` mode rejects multiplication by scalar constants) and every constant
+is a bias; a chain that ends with a ReLU or a pooling scales k_j by a 1x1 convolution. The time
+plane ``t·1`` of a :class:`~models.fields.ConcatConv2d` passes through a zero-padded convolution
+and becomes a fixed per-position bias map ``t·P``; without a time channel the biases are
+per-channel and fold into the convolutions' own biases.
 
-An adaptive solver's step sequence changes inside an ε-ball, so no fixed graph is the
-deployed model: :func:`unroll` refuses it unless asked for the *fixed-step surrogate*
-(``fixed_steps=True``), which replays the steps accepted on one clean input, the last one
-(which overshoots T) read from torchdiffeq's interpolant at T as the solver does (see
-:mod:`verify._dense_output`). The :class:`Unrolled` record says which one it is and carries
-the logit distance to the adaptive solve.
+auto_LiRPA 0.3 bounds some layer options unsoundly or not at all; :func:`static_module`
+refuses them, naming the layer (the dense CROWN engine handles them).
 
 References:
     Butcher, "Numerical Methods for Ordinary Differential Equations", 2016.
@@ -35,46 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipbound.tableau import ButcherTableau, tableau_for_solver
-from models.fields import ConcatConv2d, VectorField, VerifiableField
-from models.lenet import MLP, LeNet5
-from models.odenet import ODENet
-from models.resnet import ResNet
+from models.fields import ConcatConv2d
 
-from ._dense_output import dense_output_weights
-
-#: what a certificate holds for: the model as it runs, or the fixed-step surrogate of an adaptive solve.
-COVERS_DEPLOYED = "the deployed model"
-COVERS_SURROGATE = "fixed-step surrogate, not the deployed solver"
-
-#: layer types that pass into the static graph unchanged.
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d, nn.Identity,
-)
-
-
-class UnsupportedLayerError(ValueError):
-    """A layer (or model) the unroller cannot turn into a verifiable static graph."""
-
-
-class AdaptiveSolverError(UnsupportedLayerError):
-    """An adaptive solver, whose deployed step sequence no fixed graph reproduces on a whole ball."""
-
-
-def is_adaptive(model: nn.Module) -> bool:
-    """True for an ODE-net on an adaptive solver (no fixed graph is its deployed forward)."""
-    solver = getattr(model, "solver", None)
-    return solver is not None and not getattr(solver, "is_fixed", True)
-
-
-def adaptive_refusal(solver: object) -> str:
-    """The one-line reason an adaptive model is not certified (and what can be)."""
-    describe = getattr(solver, "describe", None)
-    name = describe() if callable(describe) else str(solver)
-    return (f"{name} is an adaptive solver: its step sequence changes inside the perturbation ball, so a "
-            "certificate of one step sequence says nothing about the deployed model; certify the fixed-step "
-            "surrogate of the steps accepted on the clean input with fixed_steps=True (CLI: --fixed-steps), "
-            "which covers that surrogate only")
+from ._lower import COVERS_DEPLOYED as COVERS_DEPLOYED
+from ._lower import COVERS_SURROGATE as COVERS_SURROGATE
+from ._lower import SUPPORTED_LAYERS as SUPPORTED_LAYERS
+from ._lower import AdaptiveSolverError as AdaptiveSolverError
+from ._lower import Flow, Layers, Lowered, Op, Step, lower
+from ._lower import UnsupportedLayerError as UnsupportedLayerError
+from ._lower import adaptive_refusal as adaptive_refusal
+from ._lower import is_adaptive as is_adaptive
+from ._lower import surrogate_description as surrogate_description
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +52,13 @@ class Unrolled:
 
     Attributes:
         module: the static ``nn.Module`` (logits out) for bound propagation.
-        description: e.g. ``"rk4 4 fixed steps, T=1"``.
-        steps: the (t0, dt, θ) sequence of the unrolled solver (empty for non-ODE models):
-            each step from t0 of size dt, its output read at t0 + θ·dt (θ < 1 only for the
-            interpolated last step of an adaptive solve).
-        adaptive: True for the fixed-step surrogate of an adaptive solver (the steps it
-            accepted on one input); a certificate then holds for that surrogate, not for
-            the deployed adaptive solve.
+        description: e.g. ``"rk4 4 steps, T=1"``.
+        steps: the (t0, dt, θ) sequence of the unrolled solver (empty for models without an
+            ODE block): each step from t0 of size dt, its output read at t0 + θ·dt (θ < 1
+            only for the interpolated last step of an adaptive solve).
+        adaptive: True for the fixed-step surrogate of an adaptive solver.
         adaptive_distance: max |logits| difference between the adaptive solve and the
-            unrolled graph on that input (None for fixed-step or non-ODE models).
+            surrogate on its clean input (None otherwise).
         covers: :data:`COVERS_DEPLOYED` or :data:`COVERS_SURROGATE`.
     """
 
@@ -144,19 +111,6 @@ def _check_options(layer: nn.Module, where: str) -> None:
             "convolution and average pooling")
 
 
-def _check_layers(seq: nn.Module, where: str) -> None:
-    for name, layer in seq.named_children():
-        if isinstance(layer, nn.Sequential):
-            _check_layers(layer, f"{where}.{name}")
-        elif not isinstance(layer, SUPPORTED_LAYERS):
-            raise UnsupportedLayerError(
-                f"cannot verify layer {where}.{name} ({type(layer).__name__}); supported layers: "
-                + ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
-            )
-        else:
-            _check_options(layer, f"{where}.{name}")
-
-
 def _time_map(conv: ConcatConv2d, shape: tuple[int, int]) -> torch.Tensor | None:
     """P with conv([t·1, h]) = conv_h(h) + t·P: the time plane through the zero-padded conv."""
     if not conv.time_channel:
@@ -164,17 +118,6 @@ def _time_map(conv: ConcatConv2d, shape: tuple[int, int]) -> torch.Tensor | None
     w = conv.conv.weight[:, :1]
     ones = torch.ones(1, 1, *shape, dtype=w.dtype, device=w.device)
     return F.conv2d(ones, w, None, conv.conv.stride, conv.conv.padding)
-
-
-def _scaled_conv(conv: ConcatConv2d, scale: float, bias: torch.Tensor | None) -> nn.Conv2d:
-    """A plain conv of h with weights ``scale·W_h`` and the given per-channel bias (or none)."""
-    src = conv.conv
-    w = src.weight[:, int(conv.time_channel):] * scale
-    out = nn.Conv2d(w.shape[1], w.shape[0], src.kernel_size, src.stride, src.padding, bias=bias is not None)
-    out.weight.data.copy_(w.detach())
-    if bias is not None:
-        out.bias.data.copy_(bias.detach())
-    return out.to(w.device)
 
 
 class _BiasMap(nn.Module):
@@ -207,59 +150,124 @@ class _Affine(nn.Module):
         return y if self.bias is None else self.bias(y)
 
 
-class _RKStep(nn.Module):
-    """One explicit Runge–Kutta step of a conv–ReLU–conv field, coefficients folded into weights."""
+def _affine_op(op: nn.Module) -> bool:
+    return isinstance(op, (ConcatConv2d, nn.Conv2d, nn.Linear))
 
-    def __init__(self, field: VerifiableField, tab: ButcherTableau, t0: float, dt: float,
-                 shape: tuple[int, int], weights: Sequence[float] | None = None) -> None:
+
+def _scaled(op: nn.Module, scale: float, bias: torch.Tensor | None) -> nn.Module:
+    """A copy of an affine op acting on the state alone (a time channel's weights dropped), its
+    weights times ``scale`` and the given bias (or none)."""
+    if isinstance(op, nn.Linear):
+        out: nn.Module = nn.Linear(op.in_features, op.out_features, bias=bias is not None)
+        w = op.weight * scale
+    else:
+        src = op.conv if isinstance(op, ConcatConv2d) else op
+        w = src.weight[:, int(getattr(op, "time_channel", False)):] * scale
+        out = nn.Conv2d(w.shape[1], w.shape[0], src.kernel_size, src.stride, src.padding, bias=bias is not None)
+    out.weight.data.copy_(w.detach())
+    if bias is not None:
+        out.bias.data.copy_(bias.detach())
+    return out.to(w.device)
+
+
+def _own_bias(op: nn.Module) -> torch.Tensor:
+    src = op.conv if isinstance(op, ConcatConv2d) else op
+    if src.bias is not None:
+        return src.bias.detach()
+    return torch.zeros(src.weight.shape[0], dtype=src.weight.dtype, device=src.weight.device)
+
+
+def _at_time(op: nn.Module, t: float, shape: tuple[int, ...]) -> nn.Module:
+    """A field op with the time fixed at t, for inputs of ``shape`` (C, H, W)."""
+    if not isinstance(op, ConcatConv2d):
+        return op
+    p = _time_map(op, tuple(shape[1:]))
+    if p is None:
+        return _scaled(op, 1.0, _own_bias(op))
+    return nn.Sequential(_scaled(op, 1.0, None), _BiasMap(_own_bias(op).view(1, -1, 1, 1) + t * p))
+
+
+def _shapes(ops: Sequence[Op], h: torch.Tensor) -> list[tuple[int, ...]]:
+    """Input shape (C, H, W) of every op of a field chain on states like ``h``, the output's last."""
+    out = [tuple(h.shape[1:])]
+    h = torch.zeros_like(h[:1])
+    with torch.no_grad():
+        for _, op in ops:
+            h = op(torch.zeros((), dtype=h.dtype, device=h.device), h) if isinstance(op, ConcatConv2d) else op(h)
+            out.append(tuple(h.shape[1:]))
+    return out
+
+
+class _Scale(nn.Module):
+    """``coef · z`` as a 1x1 convolution (images) or a diagonal linear map (vectors): auto_LiRPA's
+    patches mode takes no multiplication by a scalar constant."""
+
+    def __init__(self, coef: float, shape: tuple[int, ...], like: torch.Tensor) -> None:
         super().__init__()
-        a, c = tab.a_float, tab.c_float
-        b = tuple(weights) if weights is not None else tab.b_float  # output row (dense output: w(θ))
-        s = len(b)
-        # Stages no later stage or the output uses are dropped (e.g. dopri5's FSAL stage).
-        needed = [b[i] != 0.0 or any(a[k][i] != 0.0 for k in range(i + 1, s)) for i in range(s)]
-        p1, p2 = _time_map(field.conv1, shape), _time_map(field.conv2, shape)
-        b1, b2 = field.conv1.conv.bias, field.conv2.conv.bias
-        self.stage_in = nn.ModuleList()
-        self.stage_conv = nn.ModuleList()
+        c = shape[0]
+        eye = torch.eye(c, dtype=like.dtype, device=like.device) * coef
+        self.map: nn.Module = (nn.Conv2d(c, c, 1, bias=False) if len(shape) == 3 else nn.Linear(c, c, bias=False))
+        self.map.weight.data.copy_(eye.view(c, c, 1, 1) if len(shape) == 3 else eye)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.map(z)
+
+
+class _RKStep(nn.Module):
+    """One explicit Runge–Kutta step of a field chain, coefficients folded into weights."""
+
+    def __init__(self, flow: Flow, step: Step, state: torch.Tensor) -> None:
+        super().__init__()
+        a, c, dt = flow.tableau.a_float, flow.tableau.c_float, step.dt
+        b = flow.output_row(step)
+        ops = list(step.field)
+        shapes = _shapes(ops, state)
+        self._last = ops[-1][1] if _affine_op(ops[-1][1]) else None
+        pre = ops[:-1] if self._last is not None else ops
+        self._z_shape = shapes[len(pre)]
+        self._like = state
         self.stages: list[int] = []
-        for i in range(s):
-            if not needed[i]:
+        self.stage_in = nn.ModuleList()
+        self.stage_body = nn.ModuleList()
+        for i, use in enumerate(flow.needed(b)):
+            if not use:
                 continue
             self.stages.append(i)
-            self.stage_in.append(self._affine(field, [a[i][j] * dt for j in range(i)], b2, p2, t0, c, dt))
-            ti = t0 + c[i] * dt
-            if p1 is None:
-                self.stage_conv.append(nn.Sequential(_scaled_conv(field.conv1, 1.0, b1), nn.ReLU()))
-            else:
-                bias = b1.detach().view(1, -1, 1, 1) + ti * p1
-                self.stage_conv.append(nn.Sequential(_scaled_conv(field.conv1, 1.0, None), _BiasMap(bias), nn.ReLU()))
-        self.out = self._affine(field, [b[i] * dt for i in range(s)], b2, p2, t0, c, dt)
+            self.stage_in.append(self._combine([dt * a[i][j] for j in range(i)], step.t0, c, dt))
+            ti = step.t0 + c[i] * dt
+            self.stage_body.append(nn.Sequential(*(_at_time(op, ti, shapes[k]) for k, (_, op) in enumerate(pre))))
+        self.out = self._combine([dt * bi for bi in b], step.t0, c, dt)
 
-    def _affine(self, field: VerifiableField, coef: Sequence[float], b2: torch.Tensor,
-                p2: torch.Tensor | None, t0: float, c: Sequence[float], dt: float) -> _Affine:
-        """Σ_j conv[coef_j·W2](z_j) + Σ_j coef_j β2(t0 + c_j dt), over stages with coef_j ≠ 0."""
+    def _combine(self, coef: Sequence[float], t0: float, c: Sequence[float], dt: float) -> _Affine:
+        """y + Σ_j coef_j k_j with k_j = last(z_j): the coefficients inside copies of the last op."""
         terms = [j for j, v in enumerate(coef) if v != 0.0]
         if not terms:
             return _Affine([], [], None)
-        bias_ch = b2.detach() * sum(coef[j] for j in terms)
-        convs = [_scaled_conv(field.conv2, coef[j], bias_ch if (p2 is None and k == 0) else None)
-                 for k, j in enumerate(terms)]
+        if self._last is None:
+            return _Affine([_Scale(coef[j], self._z_shape, self._like) for j in terms], terms, None)
+        total = sum(coef[j] for j in terms)
+        p = _time_map(self._last, tuple(self._z_shape[1:])) if isinstance(self._last, ConcatConv2d) else None
+        bias = _own_bias(self._last) * total
+        maps = [_scaled(self._last, coef[j], bias if (p is None and k == 0) else None) for k, j in enumerate(terms)]
         bias_map = None
-        if p2 is not None:
-            m = bias_ch.view(1, -1, 1, 1) + sum(coef[j] * (t0 + c[j] * dt) for j in terms) * p2
-            bias_map = _BiasMap(m)
-        return _Affine(convs, terms, bias_map)
+        if p is not None:
+            bias_map = _BiasMap(bias.view(1, -1, 1, 1) + sum(coef[j] * (t0 + c[j] * dt) for j in terms) * p)
+        return _Affine(maps, terms, bias_map)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         zs: list[torch.Tensor] = [y] * (max(self.stages) + 1)
-        for i, stage_in, conv in zip(self.stages, self.stage_in, self.stage_conv):
-            zs[i] = conv(stage_in(y, zs))
+        for i, stage_in, body in zip(self.stages, self.stage_in, self.stage_body):
+            zs[i] = body(stage_in(y, zs))
         return self.out(y, zs)
 
 
 class StaticNet(nn.Module):
-    """stem -> unrolled solver steps -> head, as one traceable module (logits out)."""
+    """stem -> unrolled solver steps -> head, as one traceable module (logits out).
+
+    ``stem`` holds the layers before the first ODE block, ``steps`` its steps (and, for a
+    chain of several blocks, the later blocks' steps with the layers between them), ``head``
+    the layers after the last block.
+    """
 
     def __init__(self, stem: nn.Module, steps: Sequence[nn.Module], head: nn.Module) -> None:
         super().__init__()
@@ -274,136 +282,57 @@ class StaticNet(nn.Module):
         return self.head(h)
 
 
-def _check_field(field: VectorField, where: str) -> VerifiableField:
-    if not isinstance(field, VerifiableField):
-        bad = next((f"{where}.{n} ({type(m).__name__})" for n, m in field.named_modules()
-                    if n and not isinstance(m, (ConcatConv2d, *SUPPORTED_LAYERS))), None)
-        raise UnsupportedLayerError(
-            f"cannot verify vector field {where} ({type(field).__name__})"
-            + (f": unsupported layer {bad}" if bad else "") + "; only the conv-ReLU-conv VerifiableField unrolls"
-        )
-    for name, conv in (("conv1", field.conv1), ("conv2", field.conv2)):
-        _check_options(conv.conv, f"{where}.{name}")
-    return field
+def _check_ops(ops: Sequence[Op]) -> None:
+    for where, op in ops:
+        _check_options(op.conv if isinstance(op, ConcatConv2d) else op, where)
 
 
-def _state_shape(model: nn.Module, stem: nn.Module) -> tuple[int, int]:
-    p = next(model.parameters())
-    x = torch.zeros(1, *model.input_shape, dtype=p.dtype, device=p.device)
-    with torch.no_grad():
-        return tuple(stem(x).shape[2:])  # type: ignore[return-value]
+def static_module(ir: Lowered) -> nn.Module:
+    """The IR as one traceable module for auto_LiRPA.
 
-
-def accepted_steps(model: ODENet, x: torch.Tensor) -> list[tuple[float, float, float]]:
-    """(t0, dt, θ) of the steps an adaptive solve of one input accepted, θ = 1 but for the last.
-
-    torchdiffeq steps until a step ends at or beyond T and reads y(T) from that step's
-    interpolant at θ = (T − t0)/dt, so the last step keeps its size and carries θ.
+    Raises:
+        UnsupportedLayerError: a layer option auto_LiRPA 0.3 bounds unsoundly or not at all.
     """
-    block = model.block
-    block.record_steps = True
-    try:
-        with torch.no_grad():
-            model(x)
-        steps = list(block.accepted_steps)
-    finally:
-        block.record_steps = False
-    T = model.solver.T
-    out: list[tuple[float, float, float]] = []
-    for t0, dt in steps:
-        t1 = t0 + dt
-        out.append((t0, dt, 1.0 if t1 <= T else (T - t0) / (t1 - t0)))
-        if t1 >= T:
-            break
-    return out
-
-
-def rk_steps(field: VerifiableField, method: str, steps: Sequence[tuple[float, ...]], shape: tuple[int, int]
-             ) -> list[_RKStep]:
-    """One :class:`_RKStep` per (t0, dt[, θ]) step, θ < 1 read from the interpolant."""
-    tab = tableau_for_solver(method)
-    out = []
-    for step in steps:
-        t0, dt = step[0], step[1]
-        theta = step[2] if len(step) > 2 else 1.0
-        weights = dense_output_weights(method, tab, theta) if theta != 1.0 else None
-        out.append(_RKStep(field, tab, t0, dt, shape, weights))
-    return out
-
-
-def surrogate_description(solver: object, n_steps: int) -> str:
-    """How a fixed-step surrogate of an adaptive solve was built (it names what it covers)."""
-    describe = getattr(solver, "describe", None)
-    name = describe() if callable(describe) else str(solver)
-    return (f"{COVERS_SURROGATE}: {name}, the {n_steps} steps accepted on the clean input replayed, "
-            "the last read from the solver's interpolant at T")
+    modules: list[nn.Module] = []
+    first_flow = next((k for k, p in enumerate(ir.parts) if isinstance(p, Flow)), None)
+    h = torch.zeros(1, *ir.input_shape, dtype=ir.dtype, device=ir.device)
+    for part in ir.parts:
+        if isinstance(part, Layers):
+            _check_ops(part.ops)
+            modules.append(nn.Sequential(*(op for _, op in part.ops)))
+            with torch.no_grad():
+                h = modules[-1](h)
+        else:
+            for step in part.steps:
+                _check_ops(step.field)
+                modules.append(_RKStep(part, step, h))
+    if first_flow is None:
+        return nn.Sequential(*modules)
+    last_flow = max(k for k, p in enumerate(ir.parts) if isinstance(p, Flow))
+    n_pre = 1 if first_flow == 1 else 0
+    n_post = 1 if last_flow == len(ir.parts) - 2 else 0
+    stem = modules[0] if n_pre else nn.Identity()
+    head = modules[-1] if n_post else nn.Identity()
+    return StaticNet(stem, modules[n_pre:len(modules) - n_post], head)
 
 
 def unroll(model: nn.Module, x: torch.Tensor | None = None, fixed_steps: bool = False) -> Unrolled:
     """A static, traceable network computing the same logits as ``model``.
 
     Args:
-        model: an :class:`~models.odenet.ODENet` with the verifiable field, a
-            :class:`~models.resnet.ResNet` with verifiable fields, a
-            :class:`~models.lenet.LeNet5`, an :class:`~models.lenet.MLP`, or an
-            ``nn.Sequential`` of supported layers.
-        x: one clean input (1, C, H, W); required for the surrogate of an adaptive solver,
-            whose accepted step sequence on ``x`` is unrolled.
+        model: a model :func:`verify._lower.lower` accepts (chains of supported layers and
+            ODE blocks, ResNets), in eval mode.
+        x: one clean input (1, C, H, W); required for the surrogate of an adaptive solver.
         fixed_steps: for an adaptive solver, unroll its fixed-step surrogate (otherwise refused).
-
-    Returns:
-        the :class:`Unrolled` network and its description.
 
     Raises:
         AdaptiveSolverError: an adaptive solver without ``fixed_steps``.
         UnsupportedLayerError: a layer or model type that cannot be unrolled, named.
         ValueError: the surrogate of an adaptive solver without a single input ``x``.
     """
-    if isinstance(model, ODENet):
-        _check_layers(model.stem, "stem")
-        _check_layers(model.head, "head")
-        field = _check_field(model.block.field, "block.field")
-        shape = _state_shape(model, model.stem)
-        solver = model.solver
-        if solver.is_fixed:
-            n, dt = solver.n_steps, solver.T / solver.n_steps
-            steps = [(k * dt, dt, 1.0) for k in range(n)]
-            body = rk_steps(field, solver.method, steps, shape)
-            return Unrolled(StaticNet(model.stem, body, model.head), f"{solver.method} {n} fixed steps, T={solver.T:g}",
-                            tuple(steps))
-        if not fixed_steps:
-            raise AdaptiveSolverError(adaptive_refusal(solver))
-        if x is None or x.dim() != 4 or x.shape[0] != 1:
-            raise ValueError(
-                f"adaptive solver {solver.describe()}: its fixed-step surrogate needs one clean input x of shape "
-                "(1, C, H, W)"
-            )
-        steps = accepted_steps(model, x)
-        net = StaticNet(model.stem, rk_steps(field, solver.method, steps, shape), model.head).eval()
-        with torch.no_grad():
-            dist = float((net(x) - model(x)).abs().max())
-        return Unrolled(net, surrogate_description(solver, len(steps)), tuple(steps), True, dist, COVERS_SURROGATE)
-    if isinstance(model, ResNet):
-        _check_layers(model.stem, "stem")
-        _check_layers(model.head, "head")
-        shape = _state_shape(model, model.stem)
-        euler = tableau_for_solver("euler")
-        body = []
-        for k in range(model.n_blocks):
-            field = _check_field(model.block_field(k), f"fields.{0 if model.tied else k}")
-            body.append(_RKStep(field, euler, k * model.step, model.step, shape))
-        steps = tuple((k * model.step, model.step, 1.0) for k in range(model.n_blocks))
-        return Unrolled(StaticNet(model.stem, body, model.head), f"resnet {model.n_blocks} blocks, step {model.step:g}", steps)
-    if isinstance(model, LeNet5):
-        _check_layers(model.features, "features")
-        _check_layers(model.classifier, "classifier")
-        return Unrolled(nn.Sequential(model.features, model.classifier), "lenet5")
-    if isinstance(model, MLP):
-        _check_layers(model.net, "net")
-        return Unrolled(model.net, "mlp")
-    if isinstance(model, nn.Sequential):
-        _check_layers(model, "model")
-        return Unrolled(model, "sequential")
-    raise UnsupportedLayerError(
-        f"cannot verify model type {type(model).__name__}; supported: ODENet, ResNet, LeNet5, MLP, nn.Sequential"
-    )
+    return unrolled(lower(model, x, fixed_steps))
+
+
+def unrolled(ir: Lowered) -> Unrolled:
+    """The :class:`Unrolled` record of an IR."""
+    return Unrolled(static_module(ir), ir.description, ir.steps, ir.adaptive, ir.adaptive_distance, ir.covers)

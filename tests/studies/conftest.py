@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from verify.studies import StudyReport, run_study
+from studies import StudyReport, run_study
 
 
 def _recomputed(*args: Any, **kwargs: Any) -> Any:

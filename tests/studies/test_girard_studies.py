@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import verify.studies.girard_advtrain as gb
-import verify.studies.girard_attacks as ga
-import verify.studies.integration_time as it
+import studies.girard_advtrain as gb
+import studies.girard_attacks as ga
+import studies.integration_time as it
 from models import zoo
 from models.solver import SolverConfig
-from verify.studies import StudyReport, run_study
+from studies import StudyReport, run_study
 
 SEED_FMT = re.compile(r"^(\d+\.\d\d|–)/\d+\.\d\d%$")
 

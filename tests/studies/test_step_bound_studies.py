@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from verify.studies import StudyReport, run_study
-from verify.studies import bound_vs_attack as bva
-from verify.studies import step_size
+from studies import StudyReport, run_study
+from studies import bound_vs_attack as bva
+from studies import step_size
 
 
 def _run(name: str, out: Path) -> tuple[StudyReport, Path]:

@@ -10,7 +10,7 @@ import torch
 import models.zoo as zoo
 from models import MLP
 from models.train import save_checkpoint
-from verify.studies._common import StudyContext, StudyError
+from studies._common import StudyContext, StudyError
 
 
 def _save(zoo_dir: Path, seed: int) -> None:

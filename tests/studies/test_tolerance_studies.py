@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from verify.studies import StudyError, run_study
-from verify.studies import tolerance as tol_study
-from verify.studies import tolerance_randomization as rand_study
+from studies import StudyError, run_study
+from studies import tolerance as tol_study
+from studies import tolerance_randomization as rand_study
 
 
 def _quick_run(name: str, out: Path) -> Any:

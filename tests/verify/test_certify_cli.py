@@ -1,5 +1,6 @@
 """The certify run: JSONL per example, resume after an interruption, merge, plot, CLI errors."""
 
+import dataclasses
 import json
 import math
 
@@ -8,7 +9,7 @@ import torch
 
 from models import ODENet, SolverConfig
 from verify.cli import main
-from verify.run import RunConfigError, certify_parallel, certify_run, merge_run, read_records
+from verify.run import RunConfigError, RunSpec, certify_parallel, certify_run, merge_run, read_records
 
 
 class _Stop(Exception):
@@ -24,7 +25,7 @@ def _setup():
     return net, x, y
 
 
-CONFIG = {"model": "test", "norm": "inf", "methods": ["ibp", "crown"], "eps": [0.01]}
+SPEC = RunSpec(model="test", norm="inf", methods=("ibp", "crown"), n=4, eps=(0.01,), attack=False)
 
 
 def _strip(recs):
@@ -35,23 +36,22 @@ def _strip(recs):
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     net, x, y = _setup()
-    kw = dict(methods=["ibp", "crown"], norm="inf", config=CONFIG, eps_list=[0.01], attack=False, progress=False)
-    full = certify_run(net, x, y, tmp_path / "full", **kw)
+    full = certify_run(SPEC, tmp_path / "full", net, x, y, progress=False)
     calls = []
 
     def stop_after_two(rec):
-        calls.append(rec["index"])
+        calls.append(rec.index)
         if len(calls) == 2:
             raise _Stop
 
     with pytest.raises(_Stop):
-        certify_run(net, x, y, tmp_path / "cut", on_record=stop_after_two, **kw)
+        certify_run(SPEC, tmp_path / "cut", net, x, y, progress=False, on_record=stop_after_two)
     assert len(read_records(tmp_path / "cut" / "results.jsonl")) == 2
     with pytest.raises(RunConfigError, match="--resume"):
-        certify_run(net, x, y, tmp_path / "cut", **kw)
+        certify_run(SPEC, tmp_path / "cut", net, x, y, progress=False)
     with pytest.raises(RunConfigError, match="differs in norm"):
-        certify_run(net, x, y, tmp_path / "cut", resume=True, **(kw | {"config": CONFIG | {"norm": "2"}}))
-    resumed = certify_run(net, x, y, tmp_path / "cut", resume=True, **kw)
+        certify_run(dataclasses.replace(SPEC, norm="2"), tmp_path / "cut", net, x, y, resume=True, progress=False)
+    resumed = certify_run(SPEC, tmp_path / "cut", net, x, y, resume=True, progress=False)
     a = _strip(read_records(tmp_path / "full" / "results.jsonl"))
     b = _strip(read_records(tmp_path / "cut" / "results.jsonl"))
     assert [r["index"] for r in b] == [0, 1, 2, 3]
@@ -62,15 +62,15 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
 
 def test_shards_merge_to_the_full_run(tmp_path):
     net, x, y = _setup()
-    kw = dict(methods=["ibp"], norm="inf", config=CONFIG, eps_list=[0.01], attack=False, progress=False)
-    certify_run(net, x, y, tmp_path / "s", shard=(1, 2), **kw)
+    spec = dataclasses.replace(SPEC, methods=("ibp",))
+    certify_run(spec.lane(1, 2), tmp_path / "s", net, x, y, progress=False)
     with pytest.raises(RunConfigError, match="missing shards"):
         merge_run(tmp_path / "s")
     with pytest.raises(RunConfigError, match="differs in eps"):  # joining shards must share the configuration
-        certify_run(net, x, y, tmp_path / "s", shard=(2, 2), **{**kw, "config": {**CONFIG, "eps": [0.02]}})
-    certify_run(net, x, y, tmp_path / "s", shard=(2, 2), **kw)  # a new shard joins without --resume
+        certify_run(dataclasses.replace(spec, eps=(0.02,), shard=(2, 2)), tmp_path / "s", net, x, y, progress=False)
+    certify_run(spec.lane(2, 2), tmp_path / "s", net, x, y, progress=False)  # a new shard joins without --resume
     with pytest.raises(RunConfigError, match="already holds a run"):  # rerunning a shard that ran needs it
-        certify_run(net, x, y, tmp_path / "s", shard=(2, 2), **kw)
+        certify_run(spec.lane(2, 2), tmp_path / "s", net, x, y, progress=False)
     merge_run(tmp_path / "s")
     assert [r["index"] for r in read_records(tmp_path / "s" / "results.jsonl")] == [0, 1, 2, 3]
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["n"] == 4
@@ -80,8 +80,7 @@ def test_plot_draws_figures(tmp_path):
     from verify.plots import plot_run
 
     net, x, y = _setup()
-    certify_run(net, x[:2], y[:2], tmp_path, methods=["crown"], norm="inf", config=CONFIG, attack=False,
-                progress=False)
+    certify_run(dataclasses.replace(SPEC, methods=("crown",), n=2), tmp_path, net, x, y, progress=False)
     recs = read_records(tmp_path / "results.jsonl")
     for r in recs:  # plotting needs an empirical radius; give one above the certified radius
         r["empirical"] = r["methods"]["crown"]["radius"] * 2 + 0.01
@@ -94,10 +93,11 @@ def test_plot_draws_figures(tmp_path):
 
 def test_parallel_jobs_cover_every_example_once_and_resume(tmp_path):
     net, x, y = _setup()
-    kw = dict(methods=["crown"], norm="inf", config=CONFIG, eps_list=[0.01], attack=False, progress=False)
-    certify_run(net, x, y, tmp_path / "one", **kw)
+    spec = dataclasses.replace(SPEC, methods=("crown",))
+    certify_run(spec, tmp_path / "one", net, x, y, progress=False)
     one = {r["index"]: r for r in read_records(tmp_path / "one" / "results.jsonl")}
-    summary = certify_parallel(net, x, y, tmp_path / "two", jobs=2, **kw)
+    two_jobs = dataclasses.replace(spec, jobs=2)
+    summary = certify_parallel(two_jobs, tmp_path / "two", net, x, y, progress=False)
     two = {r["index"]: r for r in read_records(tmp_path / "two" / "results.jsonl")}
     assert sorted(two) == list(range(4)) and summary["n"] == 4
     assert {r["index"] for r in read_records(tmp_path / "two" / "results-1-of-2.jsonl")} == {0, 2}
@@ -106,11 +106,12 @@ def test_parallel_jobs_cover_every_example_once_and_resume(tmp_path):
         assert two[i]["correct"] == r["correct"]
         assert max(a["radius"], b["radius"]) <= min(a["upper"] or math.inf, b["upper"] or math.inf)
     before = (tmp_path / "two" / "results-2-of-2.jsonl").read_text()
-    certify_parallel(net, x, y, tmp_path / "two", jobs=2, resume=True, **kw)  # nothing left to do
+    certify_parallel(two_jobs, tmp_path / "two", net, x, y, resume=True, progress=False)  # nothing left to do
     assert (tmp_path / "two" / "results-2-of-2.jsonl").read_text() == before
     with pytest.raises(RunConfigError, match="already holds a run"):
-        certify_parallel(net, x, y, tmp_path / "two", jobs=2, **kw)
-    assert certify_parallel(net, x[:2], y[:2], tmp_path / "three", jobs=3, **kw)["n"] == 2  # one shard is empty
+        certify_parallel(two_jobs, tmp_path / "two", net, x, y, progress=False)
+    three = dataclasses.replace(spec, jobs=3, n=2)
+    assert certify_parallel(three, tmp_path / "three", net, x, y, progress=False)["n"] == 2  # one shard is empty
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -121,6 +122,10 @@ def test_parallel_jobs_cover_every_example_once_and_resume(tmp_path):
     (["certify", "--model", "ode", "--jobs", "0"], "argument --jobs: must be >= 1"),
     (["certify", "--model", "ode", "--jobs", "2", "--shard", "1/2"], "--jobs or --shard, not both"),
     (["certify", "--model", "ode", "--shard", "3/2"], "1 <= k <= N"),
+    (["certify", "--model", "ode", "--backend", "ray"], "invalid choice"),
+    (["certify", "--model", "ode", "--address", "tcp://127.0.0.1:8786"], "use it with --backend dask"),
+    (["certify", "--model", "ode", "--backend", "dask", "--address", "127.0.0.1"], "must look like tcp://"),
+    (["certify", "--model", "ode", "--backend", "dask", "--shard", "1/2"], "not both"),
     (["certify", "--model", "no-such-model"], "no-such-model"),
     (["merge", "/nonexistent-run-dir"], "not a certification run directory"),
 ])

@@ -10,6 +10,7 @@ from models.resnet import ResNet
 from models.zoo import load
 from verify.certify import Certifier, CertifyError, spec_matrix
 from verify.crown import DenseGraph, GraphError
+from verify.engines import Reference
 
 
 def _seq_strided():
@@ -130,7 +131,7 @@ def test_adaptive_solver_surrogate_in_both_engines():
     assert dense.covers == lirpa.covers == "fixed-step surrogate, not the deployed solver"
     assert "fixed-step surrogate, not the deployed solver" in dense.description
     with torch.no_grad():
-        assert (dense._crown.graph.forward(x) - m(x)).abs().max() <= 1e-5
+        assert (dense.bounds.graph.forward(x) - m(x)).abs().max() <= 1e-5
     assert torch.allclose(dense.margins(x, y, 0.02), lirpa.margins(x, y, 0.02), atol=1e-5, rtol=1e-5)
 
 
@@ -146,7 +147,7 @@ def test_zoo_ode_bounds_equal_auto_lirpa():
 
 
 def test_maxpool_models_fall_back_to_auto_lirpa():
-    with pytest.raises(GraphError, match="LeNet5"):
+    with pytest.raises(GraphError, match=r"features\.2 \(MaxPool2d\)"):
         DenseGraph.from_model(LeNet5())
     assert Certifier(LeNet5().eval(), "inf", "crown").engine == "auto_LiRPA"
 
@@ -169,5 +170,7 @@ def test_reference_needs_a_batch_of_one():
     one = Certifier(m, "inf", "crown").margins(x[1:], y[1:], 0.05)
     assert torch.allclose(lower[1:], one)
     with pytest.raises(CertifyError, match="batch of one"):
-        cert.margins(x, y, 0.01, {0: (torch.zeros(1), torch.zeros(1))})
+        cert.margins(x, y, 0.01, Reference("dense", {0: (torch.zeros(1), torch.zeros(1))}))
+    with pytest.raises(CertifyError, match="reference of the auto_LiRPA engine"):
+        cert.margins(x[:1], y[:1], 0.01, Reference("auto_LiRPA", {}))
     assert spec_matrix(y, 10).shape == (2, 9, 10)

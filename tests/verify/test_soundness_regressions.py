@@ -7,6 +7,8 @@
    clipped instead of interpolated), which the deployed model does not follow inside the ball.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from models.data import load_dataset
 from models.zoo import load
 from verify.certify import Certifier, CertifyError, certify
 from verify.cli import main
-from verify.run import certify_run, read_records
+from verify.run import RunSpec, certify_run, read_records
 from verify.unroll import COVERS_SURROGATE, UnsupportedLayerError
 
 from tests.verify._margin_attack import min_margins
@@ -156,10 +158,11 @@ def test_surrogate_run_records_and_summary_say_what_they_cover(tmp_path, held_ou
     net = ODENet(channels=2, solver=SolverConfig.adaptive("dopri5", tol=1e-2), input_size=28).eval()
     with torch.no_grad():
         y = net(x[:2]).argmax(1)  # correct by construction: the attack checks every certificate
-    kw = dict(methods=["crown"], norm="inf", config={"model": "tiny"}, eps_list=[0.01], progress=False)
+    spec = RunSpec(model="tiny", norm="inf", methods=("crown",), n=2, eps=(0.01,))
     with pytest.raises(CertifyError, match="adaptive solver"):
-        certify_run(net, x[:2], y, tmp_path / "refused", **kw)
-    summary = certify_run(net, x[:2], y, tmp_path / "run", fixed_steps=True, **kw)
+        certify_run(spec, tmp_path / "refused", net, x[:2], y, progress=False)
+    assert not (tmp_path / "refused").exists()
+    summary = certify_run(replace(spec, fixed_steps=True), tmp_path / "run", net, x[:2], y, progress=False)
     recs = read_records(tmp_path / "run" / "results.jsonl")
     assert all(r["certificate_covers"] == COVERS_SURROGATE for r in recs)
     assert all(r["adaptive_distance"] <= 1e-5 for r in recs)
@@ -214,7 +217,7 @@ def test_l2_crown_through_a_strided_conv_that_skips_its_last_column():
     for mode in ("patches", "matrix"):
         cert = Certifier(net, "2", "crown", 1, x, {"conv_mode": mode}, "auto_lirpa")
         margins = cert.margins(x, y, eps)[0]
-        (lo, hi), = cert.reference().values()
+        (lo, hi), = cert.reference().bounds.values()
         assert bool((lo.flatten() <= tightest[0] + 1e-6).all()), (mode, (lo.flatten() - tightest[0]).max())
         assert bool((hi.flatten() >= tightest[1] - 1e-6).all()), mode
         got[mode] = torch.cat([margins, lo.flatten(), hi.flatten()])

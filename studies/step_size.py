@@ -266,6 +266,20 @@ def _figures(ctx: StudyContext, steps: tuple[float, ...], curves_a: dict[str, An
 
 def _findings(steps: tuple[float, ...], curves_a: dict[str, Any], curves_b: dict[str, Any],
               eps_grid: tuple[float, ...]) -> tuple[str, ...]:
+    """The report's findings: part A (step size) sentence by sentence, then part B and the differences."""
+    out = [_overview_finding(steps, curves_a)]
+    out += _vanishing_step_finding(steps, curves_a)
+    out.append(_transfer_finding(steps, curves_a))
+    out += _compensation_finding(steps, curves_a)
+    out += [_ode_vs_resnet_finding(curves_b, eps_grid), _boundary_finding(curves_b["boundary"])]
+    out.append("Differences from the seed: MNIST with the mnist-t10k protocol (8,000 training images), small "
+               "16-channel models trained minutes on one CPU thread, fixed-step RK4 (3/8 rule) instead of an "
+               "adaptive solver, 4-block ResNets instead of ResNet56/ResNet50 on CIFAR-10.")
+    return tuple(out)
+
+
+def _overview_finding(steps: tuple[float, ...], curves_a: dict[str, Any]) -> str:
+    """Part A: range of clean and white-box FGSM accuracy over the steps, and which steps keep FGSM close."""
     clean = [curves_a[f"{s:g}"]["clean"] for s in steps]
     e = WHITEBOX_EPS[1]
     wb = [curves_a[f"{s:g}"][f"fgsm{e:g}"] for s in steps]
@@ -275,67 +289,84 @@ def _findings(steps: tuple[float, ...], curves_a: dict[str, Any], curves_b: dict
     verdict = ("no step size keeps FGSM accuracy within 10 points of clean accuracy, in line with the seed's "
                "'no obvious robustness'" if not robust else
                f"FGSM accuracy stays within 10 points of clean accuracy for s ∈ {{{listed}}}")
-    out = [
-        f"Part A: clean accuracy ranges {min(clean):.2f}–{max(clean):.2f}% over s ∈ [{min(steps):g}, {max(steps):g}] "
-        f"and white-box FGSM (ε={e:g}) accuracy {min(wb):.2f}–{max(wb):.2f}%; {verdict}.",
-    ]
+    return (f"Part A: clean accuracy ranges {min(clean):.2f}–{max(clean):.2f}% over s ∈ [{min(steps):g}, "
+            f"{max(steps):g}] and white-box FGSM (ε={e:g}) accuracy {min(wb):.2f}–{max(wb):.2f}%; {verdict}.")
+
+
+def _vanishing_step_finding(steps: tuple[float, ...], curves_a: dict[str, Any]) -> list[str]:
+    """Part A: what the net is when float32 absorbs s·f (none if no step is that small)."""
     small = [s for s in steps if curves_a[f"{s:g}"]["change"] < 1e-6]
-    if small:
-        acc_small = min(curves_a[f"{s:g}"]["clean"] for s in small)
-        trains = ("still trains to {:.2f}% clean accuracy on MNIST, unlike the seed's CIFAR-10 ResNet56 whose "
-                  "accuracy collapsed at tiny s".format(acc_small) if acc_small >= max(clean) - 5 else
-                  f"reaches only {acc_small:.2f}% clean accuracy, like the seed's collapse at tiny s")
-        wb_small = min(curves_a[f"{s:g}"][f"fgsm{e:g}"] for s in small)
-        out.append(
-            f"For s ≤ {max(small):g} the residual blocks move the state by less than 1e-6 of its norm (float32 "
+    if not small:
+        return []
+    e = WHITEBOX_EPS[1]
+    clean = [curves_a[f"{s:g}"]["clean"] for s in steps]
+    acc_small = min(curves_a[f"{s:g}"]["clean"] for s in small)
+    trains = ("still trains to {:.2f}% clean accuracy on MNIST, unlike the seed's CIFAR-10 ResNet56 whose "
+              "accuracy collapsed at tiny s".format(acc_small) if acc_small >= max(clean) - 5 else
+              f"reaches only {acc_small:.2f}% clean accuracy, like the seed's collapse at tiny s")
+    wb_small = min(curves_a[f"{s:g}"][f"fgsm{e:g}"] for s in small)
+    return [f"For s ≤ {max(small):g} the residual blocks move the state by less than 1e-6 of its norm (float32 "
             f"absorbs s·f), so the network is its stem and head, which {trains}. The Lipschitz bound ∏(1+sK_k) of "
             f"the residual stack tends to 1 as s → 0, yet FGSM (ε={e:g}) accuracy there is {wb_small:.2f}%: a small "
-            "residual bound says nothing about the stem and head, where the vulnerability then lives.")
+            "residual bound says nothing about the stem and head, where the vulnerability then lives."]
+
+
+def _transfer_finding(steps: tuple[float, ...], curves_a: dict[str, Any]) -> str:
+    """Part A: the seed's transfer protocol against white-box FGSM at the largest and smallest step."""
+    e = WHITEBOX_EPS[1]
     big, tiny = f"{max(steps):g}", f"{min(steps):g}"
     t1 = TRANSFER_EPS[0]
     tr_big, tr_tiny = curves_a[big][f"transfer{t1:g}"], curves_a[tiny][f"transfer{t1:g}"]
     wb_big, wb_tiny = curves_a[big][f"fgsm{e:g}"], curves_a[tiny][f"fgsm{e:g}"]
-    out.append(
+    return (
         f"Transferred FGSM (ε={t1:g}, crafted on a 3-block s=1 ResNet, the seed's Figure-1 protocol) leaves "
         f"{tr_big:.2f}% accuracy at s={big} and {tr_tiny:.2f}% at s={tiny}, while white-box FGSM (ε={e:g}) gives "
         f"{wb_big:.2f}% and {wb_tiny:.2f}%: " + (
             "the transfer protocol mostly measures how different the target is from the s=1 source, not robustness."
             if tr_tiny - tr_big > 5 and abs(wb_tiny - wb_big) < 10 else
             "transfer and white-box accuracies move together."))
+
+
+def _compensation_finding(steps: tuple[float, ...], curves_a: dict[str, Any]) -> list[str]:
+    """Part A: the field constant K the training reaches at a small step vs at the largest (none without one)."""
     mid = [s for s in steps if 1e-6 <= s <= 1e-3]
-    if mid:
-        s_mid = max(mid)
-        b_mid = curves_a[f"{s_mid:g}"]["bound"]
-        n_blocks = PRESETS["resnet"].config["n_blocks"]
-        k_mid = (b_mid ** (1 / n_blocks) - 1) / s_mid
-        k_one = (curves_a[big]["bound"] ** (1 / n_blocks) - 1) / max(steps)
-        out.append(
-            f"Training compensates a small step: at s={s_mid:g} the residual bound ∏(1+sK_k) is still {b_mid:.4g}, "
+    if not mid:
+        return []
+    big = f"{max(steps):g}"
+    s_mid = max(mid)
+    b_mid = curves_a[f"{s_mid:g}"]["bound"]
+    n_blocks = PRESETS["resnet"].config["n_blocks"]
+    k_mid = (b_mid ** (1 / n_blocks) - 1) / s_mid
+    k_one = (curves_a[big]["bound"] ** (1 / n_blocks) - 1) / max(steps)
+    return [f"Training compensates a small step: at s={s_mid:g} the residual bound ∏(1+sK_k) is still {b_mid:.4g}, "
             f"a geometric-mean field constant K ≈ {k_mid:.3g} against K ≈ {k_one:.3g} at s={big}: the optimiser "
-            "grows the fields as s shrinks, partly undoing the smaller step.")
+            "grows the fields as s shrinks, partly undoing the smaller step."]
+
+
+def _ode_vs_resnet_finding(curves_b: dict[str, Any], eps_grid: tuple[float, ...]) -> str:
+    """Part B: clean, FGSM and PGD accuracy of the ODE-net vs the ResNet at ε = 0.1 (or the grid's second ε)."""
     e1 = 0.1 if 0.1 in eps_grid else eps_grid[1]
     top = e1
     pgd = {m: curves_b["pgd"][m][f"{top:g}"] for m in ("ode", "resnet")}
     fg = {m: curves_b["fgsm"][m][f"{e1:g}"] for m in ("ode", "resnet")}
     clean_b = {m: curves_b["fgsm"][m]["0"] for m in ("ode", "resnet")}
     drop = clean_b["ode"] - fg["ode"]
-    out.append(
+    return (
         f"Part B: clean accuracy ODE-net {clean_b['ode']:.2f}% vs ResNet {clean_b['resnet']:.2f}% (seed: 99.05 vs "
         f"99.33). FGSM at ε={e1:g}: ODE-net {fg['ode']:.2f}% vs ResNet {fg['resnet']:.2f}%, a drop of {drop:.1f} "
         f"points for the ODE-net where the seed reports less than 2 for every ε; PGD at ε={top:g}: ODE-net "
         f"{pgd['ode']:.2f}% vs ResNet {pgd['resnet']:.2f}%. "
         + ("Our ODE-net shows no natural robustness." if drop > 2 else "Our ODE-net matches the seed's small drop."))
-    bd = curves_b["boundary"]
-    out.append(
+
+
+def _boundary_finding(bd: dict[str, Any]) -> str:
+    """Part B: how often and how close the Boundary Attack found adversarials on each net."""
+    return (
         f"Boundary Attack: adversarial examples found for {bd['ode']['found']}/{bd['ode']['attacked']} ODE-net and "
         f"{bd['resnet']['found']}/{bd['resnet']['attacked']} ResNet examples (median ℓ2 "
         f"{_fmt(bd['ode']['median_l2'])} vs {_fmt(bd['resnet']['median_l2'])}, median ℓ∞ "
         f"{_fmt(bd['ode']['median_linf'])} vs {_fmt(bd['resnet']['median_linf'])}); the seed reports 'almost no "
         "effect' on its MNIST ODE-net.")
-    out.append("Differences from the seed: MNIST with the mnist-t10k protocol (8,000 training images), small "
-               "16-channel models trained minutes on one CPU thread, fixed-step RK4 (3/8 rule) instead of an "
-               "adaptive solver, 4-block ResNets instead of ResNet56/ResNet50 on CIFAR-10.")
-    return tuple(out)
 
 
 def _fmt(v: float | None) -> str:

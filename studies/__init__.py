@@ -1,9 +1,12 @@
-"""Seed studies, one command each: ``python -m verify study NAME [--quick]``.
+"""Seed studies, one command each: ``python -m studies NAME [--quick]``.
 
-Every study writes a markdown table, a figure and a JSON file, states its data protocol,
-n, model recipes and attack parameters, and puts the number the seed paper reported next
-to ours. ``--quick`` runs in a few minutes (what the tests execute); the full mode is what
-the README reports. See :mod:`verify.studies._common` for the shared machinery.
+A consumer of the library, like ``benchmarks/``: it imports ``models``, ``attacks``,
+``lipbound`` and ``verify``, and nothing in them imports it (``python -m verify study NAME``
+is an alias that loads this package only when it runs). Every study writes a markdown
+table, a figure and a JSON file, states its data protocol, n, model recipes and attack
+parameters, and puts the number the seed paper reported next to ours. ``--quick`` runs in
+a few minutes (what the tests execute); the full mode is what the README reports. See
+:mod:`studies._common` for the shared machinery and :mod:`studies.cli` for the command line.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def study_module(name: str) -> ModuleType:
     """The module implementing study ``name``; raises :class:`StudyError` for an unknown name."""
     if name not in STUDIES:
         raise StudyError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}")
-    return importlib.import_module(f"verify.studies.{STUDIES[name]}")
+    return importlib.import_module(f"studies.{STUDIES[name]}")
 
 
 def default_out(name: str, quick: bool) -> Path:

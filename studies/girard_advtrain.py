@@ -1,7 +1,7 @@
 """Seed 000, "Adversarial training is still efficient": PGD-trained LeNet-5 and ODE-net under attack.
 
 The zoo models ``lenet5-adv`` and ``ode-adv`` (PGD adversarial training, L∞ ε=0.3) face the
-attacks of :mod:`verify.studies.girard_attacks` (FGSM ε=0.3, C&W-L2, PGD ε=0.3), reported
+attacks of :mod:`studies.girard_attacks` (FGSM ε=0.3, C&W-L2, PGD ε=0.3), reported
 as "mean L2 / accuracy" with the natural (clean) accuracy, next to the seed's numbers. The
 naturally trained ``lenet5`` and ``ode`` are attacked too, as a reference for what
 adversarial training buys.

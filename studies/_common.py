@@ -1,6 +1,6 @@
 """What every study shares: a context that caches finished work, tables with the seed's column, and the writer.
 
-A study is a module in :mod:`verify.studies` exposing ``NAME``, ``SEED`` (the seed paper it
+A study is a module in :mod:`studies` exposing ``NAME``, ``SEED`` (the seed paper it
 reproduces, or ``"project"``), ``TITLE`` and ``run(ctx: StudyContext) -> StudyReport``. It
 computes its table cells through :meth:`StudyContext.cell`, which appends each finished cell
 to ``cells.jsonl`` in the output directory, so an interrupted study resumes where it
@@ -106,6 +106,8 @@ class StudyReport:
     def markdown(self, seconds: float | None = None, reused: int = 0) -> str:
         """The full markdown report (``reused``: cells read from an earlier run, not timed here)."""
         mode = "quick mode (a smoke-size run, not for reporting)" if self.quick else "full mode"
+        # The alias, not ``python -m studies``: the committed reports were written with it, and
+        # regenerating them from their cached cells must reproduce them byte for byte.
         cmd = f"python -m verify study {self.name}" + (" --quick" if self.quick else "")
         lines = [f"# {self.title}", "", f"Study `{self.name}`, {mode}; seed: `{self.seed}`. Regenerate: `{cmd}`."]
         if seconds is not None and reused:

@@ -286,6 +286,38 @@ def _findings(sizes: Sequence[str], channels: dict[str, int], max_step: float, n
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Mode:
+    """The sizes of one mode (quick or full): nets, training, evaluation.
+
+    Attributes:
+        channels: field channels per net size.
+        n_train, epochs, batch, schedule: training images and recipe.
+        max_step: largest RK4 step in training and testing.
+        n: evaluation images; n_pgd, pgd_steps: the PGD check's images and steps.
+    """
+
+    channels: dict[str, int]
+    n_train: int
+    epochs: int
+    batch: int
+    max_step: float
+    schedule: str
+    n: int
+    n_pgd: int
+    pgd_steps: int
+
+    @classmethod
+    def of(cls, ctx: StudyContext) -> _Mode:
+        """The sizes of ``ctx``'s mode (``--n`` overrides the number of evaluation images)."""
+        n = ctx.n(30, 1000)
+        # Quick mode: coarse steps (cost / 5) and a constant learning rate so that one short epoch learns something.
+        return cls(channels={s: ctx.pick(c // 2, c) for s, c in CHANNELS.items()}, n_train=ctx.pick(2000, 8000),
+                   epochs=ctx.pick(1, 4), batch=ctx.pick(32, 128), max_step=ctx.pick(25.0, MAX_STEP),
+                   schedule=ctx.pick("constant", "cosine"), n=n, n_pgd=min(n, ctx.pick(10, 200)),
+                   pgd_steps=ctx.pick(5, 20))
+
+
 def run(ctx: StudyContext) -> StudyReport:
     """Train the six nets (cached), test them at every t, and compare with the seed's table.
 
@@ -296,34 +328,52 @@ def run(ctx: StudyContext) -> StudyReport:
         the report: two accuracy tables (FGSM ε = 0.3 and 0.1) and a cost / PGD-check table.
     """
     sizes = tuple(CHANNELS)
-    channels = {s: ctx.pick(c // 2, c) for s, c in CHANNELS.items()}
-    n_train = ctx.pick(2000, 8000)
-    epochs = ctx.pick(1, 4)
-    batch = ctx.pick(32, 128)
-    # Quick mode: coarse steps (cost / 5) and a constant learning rate so that one short epoch learns something.
-    max_step = ctx.pick(25.0, MAX_STEP)
-    schedule = ctx.pick("constant", "cosine")
-    n = ctx.n(30, 1000)
-    n_pgd, pgd_steps = min(n, ctx.pick(10, 200)), ctx.pick(5, 20)
-    x, y = load_dataset("mnist-t10k", "test", n=n)
-    x, y = x.to(ctx.device), y.to(ctx.device)
+    mode = _Mode.of(ctx)
+    x, y = load_dataset("mnist-t10k", "test", n=mode.n)
+    cells, pgd, metas = _train_and_test(ctx, mode, sizes, x.to(ctx.device), y.to(ctx.device))
+    params = {size: metas[(size, "10")].get("parameters") for size in sizes}
+    tables = [_accuracy_table(sizes, mode.channels, params, cells, eps) for eps in FGSM_EPS]
+    tables.append(_cost_table(mode, sizes, cells, pgd, metas))
+    data = {"cells": {f"{s}|T={lab}": {f"{eps:g}": {f"{t:g}": v for t, v in by_t.items()} for eps, by_t in row.items()}
+                      for (s, lab), row in cells.items()},
+            "pgd_check": {f"{s}|T={lab}|eps={eps:g}": v for (s, lab, eps), v in pgd.items()},
+            "models": {f"{s}|T={lab}": v for (s, lab), v in metas.items()}}
+    findings = _findings(sizes, mode.channels, mode.max_step, mode.n_train, mode.epochs, cells, pgd)
+    return StudyReport(NAME, TITLE, SEED, ctx.quick, _protocol(ctx, mode), tuple(tables),
+                       (_figure(ctx, sizes, cells),), tuple(findings), data)
+
+
+_PGDCells = dict[tuple[str, str, float], dict[str, Any]]
+_Metas = dict[tuple[str, str], dict[str, Any]]
+
+
+def _train_and_test(ctx: StudyContext, mode: _Mode, sizes: Sequence[str], x: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[_Cells, _PGDCells, _Metas]:
+    """Every (size, training time) net, trained once, then its clean / FGSM cells at every t and its PGD check.
+
+    Returns:
+        (cells[(size, label)][ε][t], pgd[(size, label, ε)], training metadata[(size, label)]).
+    """
     cells: _Cells = {}
-    pgd: dict[tuple[str, str, float], dict[str, Any]] = {}
-    metas: dict[tuple[str, str], dict[str, Any]] = {}
+    pgd: _PGDCells = {}
+    metas: _Metas = {}
     for size in sizes:
         for tt in TRAIN_TIMES:
-            recipe = Recipe(epochs=epochs, batch_size=batch, lr=5e-3, schedule=schedule, seed=ctx.seed,
-                            T_range=tt.T_range)
-            model, meta = _train_model(ctx, channels[size], tt, recipe, n_train, max_step)
-            key = _model_key(channels[size], tt, epochs, max_step, ctx.seed)
+            recipe = Recipe(epochs=mode.epochs, batch_size=mode.batch, lr=5e-3, schedule=mode.schedule,
+                            seed=ctx.seed, T_range=tt.T_range)
+            model, meta = _train_model(ctx, mode.channels[size], tt, recipe, mode.n_train, mode.max_step)
+            key = _model_key(mode.channels[size], tt, mode.epochs, mode.max_step, ctx.seed)
             metas[(size, tt.label)] = meta
-            cells[(size, tt.label)] = {eps: {t: _time_cell(ctx, key, model, t, max_step, eps, x, y)
+            cells[(size, tt.label)] = {eps: {t: _time_cell(ctx, key, model, t, mode.max_step, eps, x, y)
                                              for t in TEST_TIMES} for eps in FGSM_EPS}
             for eps in FGSM_EPS:
-                pgd[(size, tt.label, eps)] = _pgd_cell(ctx, key, model, tt.T, max_step, eps, pgd_steps,
-                                                       x[:n_pgd], y[:n_pgd])
-    params = {size: metas[(size, "10")].get("parameters") for size in sizes}
-    tables = [_accuracy_table(sizes, channels, params, cells, eps) for eps in FGSM_EPS]
+                pgd[(size, tt.label, eps)] = _pgd_cell(ctx, key, model, tt.T, mode.max_step, eps, mode.pgd_steps,
+                                                       x[:mode.n_pgd], y[:mode.n_pgd])
+    return cells, pgd, metas
+
+
+def _cost_table(mode: _Mode, sizes: Sequence[str], cells: _Cells, pgd: _PGDCells, metas: _Metas) -> Table:
+    """Last table: training cost, NFE per t, non-finite outputs and the FGSM / PGD check per net."""
     cost_rows = []
     for size in sizes:
         for tt in TRAIN_TIMES:
@@ -333,36 +383,35 @@ def run(ctx: StudyContext) -> StudyReport:
             cost_rows.append((f"ODE-net {size}", tt.label, meta.get("train_seconds"), meta["epoch_loss"][-1],
                               *[c[t]["nfe"] for t in TEST_TIMES],
                               sum(c[t]["nonfinite"] for t in TEST_TIMES), *checks))
-    tables.append(Table(
+    return Table(
         "Training cost, NFE per forward at each t, and FGSM vs PGD at the training end time",
         ("network", "training end time", "train s", "final train loss", *[f"NFE t={t:g}" for t in TEST_TIMES],
-         "non-finite outputs", *[f"FGSM / PGD-{pgd_steps} % at ε={e:g} (n={n_pgd})" for e in FGSM_EPS]),
+         "non-finite outputs", *[f"FGSM / PGD-{mode.pgd_steps} % at ε={e:g} (n={mode.n_pgd})" for e in FGSM_EPS]),
         tuple(cost_rows),
         note="FGSM vs PGD (α=2.5ε/steps, random start) at t = the training end time (T=100 for the U[10,100] "
-             "nets), same images."))
-    protocol = {
-        "data": f"mnist-t10k: train on the first {n_train} of images 0-7999, test on the first {n} held-out images "
-                "(8000-9999)",
-        "n": n,
+             "nets), same images.")
+
+
+def _protocol(ctx: StudyContext, mode: _Mode) -> dict[str, Any]:
+    """Data, models, training, solver, attack and accuracy rule of the report."""
+    channels, max_step = mode.channels, mode.max_step
+    return {
+        "data": f"mnist-t10k: train on the first {mode.n_train} of images 0-7999, test on the first {mode.n} "
+                "held-out images (8000-9999)",
+        "n": mode.n,
         "models": (f"ODE-net with Chen et al.'s GroupNorm field (time channel), {channels['small']} (small) and "
                    f"{channels['large']} (large) channels, 7x7 head without pooling"),
-        "training": (f"{epochs} epoch(s), AdamW lr 5e-3 {schedule}, batch {batch}, ±2 px shifts, seed {ctx.seed}; "
-                     "T=10, T=100, or T~U[10,100] drawn per batch (Recipe.T_range)"),
+        "training": (f"{mode.epochs} epoch(s), AdamW lr 5e-3 {mode.schedule}, batch {mode.batch}, ±2 px shifts, "
+                     f"seed {ctx.seed}; T=10, T=100, or T~U[10,100] drawn per batch (Recipe.T_range)"),
         "solver": (f"fixed-step RK4 (3/8 rule), ceil(t/{max_step:g}) equal steps on [0, t] in training and testing "
                    "(the seed: dopri5; fixed steps keep the T=100 trainings and t=500 tests within the CPU budget "
                    "and make their cost predictable)"),
         "attack": (f"FGSM L∞ ε ∈ {{{', '.join(f'{e:g}' for e in FGSM_EPS)}}} integrating to the test time t "
-                   f"(gradient through the solver steps); PGD check: {pgd_steps} steps, α=2.5ε/steps, random start, "
-                   f"on {n_pgd} images"),
+                   f"(gradient through the solver steps); PGD check: {mode.pgd_steps} steps, α=2.5ε/steps, random "
+                   f"start, on {mode.n_pgd} images"),
         "accuracy": "non-finite logits count as errors (none expected: the field's GroupNorm output keeps the "
                     "state bounded)",
     }
-    data = {"cells": {f"{s}|T={lab}": {f"{eps:g}": {f"{t:g}": v for t, v in by_t.items()} for eps, by_t in row.items()}
-                      for (s, lab), row in cells.items()},
-            "pgd_check": {f"{s}|T={lab}|eps={eps:g}": v for (s, lab, eps), v in pgd.items()},
-            "models": {f"{s}|T={lab}": v for (s, lab), v in metas.items()}}
-    return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol, tuple(tables), (_figure(ctx, sizes, cells),),
-                       tuple(_findings(sizes, channels, max_step, n_train, epochs, cells, pgd)), data)
 
 
 __all__ = ["CHANNELS", "FGSM_EPS", "MAX_STEP", "NAME", "SEED", "SEED_TIME_TABLE", "TEST_TIMES", "TITLE",

@@ -161,8 +161,33 @@ def run(ctx: StudyContext) -> StudyReport:
     tag = f"{cw_tag(settings)} n={n_cw} seed={ctx.seed}"
     ode = ctx.zoo("ode-chen")
     resnets = {"resnet-chen6": matched_resnet(ctx)[0], "resnet (zoo)": ctx.zoo("resnet")}
-    x_err, y_err = x_all[:n_err].to(ctx.device), y_all[:n_err].to(ctx.device)
+    errors = _error_cells(ctx, ode, resnets, x_all[:n_err].to(ctx.device), y_all[:n_err].to(ctx.device))
 
+    idx = torch.tensor(attack_set(ctx, ode, x_all, y_all, n_cw))
+    x, y = x_all[idx].to(ctx.device), y_all[idx].to(ctx.device)
+    cells = _attack_cells(ctx, ode, resnets, x, y, settings, tag)
+
+    same = {k: attack_stats(cells[k], k) for k in map(tau_key, TAU_GRID)}
+    train_k = tau_key(TAU_TRAIN)
+    transfer = {k: attack_stats(cells[train_k], k) for k in map(tau_key, TAU_GRID)}
+    matrix = {a: {t: attack_stats(cells[a], t)["success"] for t in map(tau_key, TAU_GRID)}
+              for a in map(tau_key, TAU_GRID)}
+    res_stats = {k: attack_stats(cells[k], "-") for k in resnets}
+    tables = (_same_tau_table(errors, same, res_stats, n_err, n_cw), _transfer_table(same, transfer),
+              _matrix_table(matrix))
+
+    fig = _figure(ctx, errors, same, transfer, matrix, res_stats)
+    findings = _findings(errors, same, transfer, res_stats, matrix, n_cw, settings)
+    data = {"errors": errors, "same": same, "transfer": transfer, "matrix": matrix, "resnets": res_stats,
+            "cw_seconds": {k: v["seconds"] for k, v in cells.items()}}
+    return StudyReport(NAME, TITLE, SEED, ctx.quick, _protocol(ctx, n_err, n_cw, settings), tables, (fig,),
+                       findings, data)
+
+
+def _error_cells(ctx: StudyContext, ode: nn.Module, resnets: dict[str, nn.Module], x_err: torch.Tensor,
+                 y_err: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Clean error % (and mean NFE) of every ResNet, then of ``ode`` at every τ_test, keyed by name / τ."""
+    n_err = x_err.shape[0]
     errors: dict[str, dict[str, float]] = {}
     for name, model in resnets.items():
         errors[name] = ctx.cell(f"error {name} n={n_err}", lambda m=model: {
@@ -173,9 +198,12 @@ def run(ctx: StudyContext) -> StudyReport:
                 acc, nfe = accuracy(ode, x_err, y_err)
             return {"error": round(100 * (1 - acc), 2), "nfe": round(nfe, 1)}
         errors[tau_key(tau)] = ctx.cell(f"error ode-chen tau={tau_key(tau)} n={n_err}", err)
+    return errors
 
-    idx = torch.tensor(attack_set(ctx, ode, x_all, y_all, n_cw))
-    x, y = x_all[idx].to(ctx.device), y_all[idx].to(ctx.device)
+
+def _attack_cells(ctx: StudyContext, ode: nn.Module, resnets: dict[str, nn.Module], x: torch.Tensor,
+                  y: torch.Tensor, settings: dict[str, Any], tag: str) -> dict[str, dict[str, Any]]:
+    """CW cells: one per ResNet, and one per τ_attack for ``ode`` scored at every τ_test."""
     cells: dict[str, dict[str, Any]] = {}
     for name, model in resnets.items():
         cells[name] = ctx.cell(f"{name} {tag}", lambda m=model: _cw_cell(m, x, y, settings, ctx.seed, None))
@@ -184,25 +212,22 @@ def run(ctx: StudyContext) -> StudyReport:
             with with_solver(ode, with_tolerance(ode, tau)):
                 return _cw_cell(ode, x, y, settings, ctx.seed, TAU_GRID)
         cells[tau_key(tau)] = ctx.cell(f"ode-chen tau_attack={tau_key(tau)} {tag}", attack)
+    return cells
 
-    same = {k: attack_stats(cells[k], k) for k in map(tau_key, TAU_GRID)}
-    train_k = tau_key(TAU_TRAIN)
-    transfer = {k: attack_stats(cells[train_k], k) for k in map(tau_key, TAU_GRID)}
-    matrix = {a: {t: attack_stats(cells[a], t)["success"] for t in map(tau_key, TAU_GRID)}
-              for a in map(tau_key, TAU_GRID)}
-    res_stats = {k: attack_stats(cells[k], "-") for k in resnets}
 
+def _same_tau_table(errors: dict[str, dict[str, float]], same: dict[str, Any], res_stats: dict[str, Any],
+                    n_err: int, n_cw: int) -> Table:
+    """First table: the seed's table (τ_attack = τ_test), ResNets first, with the seed's numbers beside ours."""
     rows: list[tuple[Any, ...]] = []
-    for name in resnets:
+    for name, s in res_stats.items():
         seed_row = SEED_TABLE["resnet"] if name == "resnet-chen6" else (None, None, None)
-        s = res_stats[name]
         rows.append((name, "–", errors[name]["error"], seed_row[0], s["success"], seed_row[1], s["l2"],
                      s["mse_1e2"], seed_row[2], 0.0))
     for k in map(tau_key, TAU_GRID):
         s, seed_row = same[k], SEED_TABLE[k]
         rows.append(("ode-chen", k, errors[k]["error"], seed_row[0], s["success"], seed_row[1], s["l2"],
                      s["mse_1e2"], seed_row[2], errors[k]["nfe"]))
-    t1 = Table(
+    return Table(
         "τ_attack = τ_test: classification error and CW-L2 attack against τ_test (MNIST)",
         ("model", "τ_test", "error % (ours)", "error % (seed table)", "CW success % (ours)",
          "CW success % (seed table)", "mean L2 (ours)", "mean ‖δ‖²/d ×10⁻² (ours)",
@@ -214,24 +239,33 @@ def run(ctx: StudyContext) -> StudyReport:
               "does not state the unit of its perturbation column; the authors' public attack script measures "
               "L2 attacks with foolbox's MSE distance ‖δ‖²/d, which its values match better than an L2 norm, so "
               "compare it with our ‖δ‖²/d column."))
-    t2 = Table(
+
+
+def _transfer_table(same: dict[str, Any], transfer: dict[str, Any]) -> Table:
+    """Second table: adversarials crafted at τ_train, scored at every τ_test."""
+    return Table(
         f"τ_attack = τ_train = {TAU_TRAIN:g}: CW adversarials crafted at the training tolerance, scored at τ_test",
         ("τ_test", "CW success % (ours)", "CW success % (seed figure)", "mean L2 of successes (ours)",
          "success % when τ_attack = τ_test (ours)"),
         tuple((k, transfer[k]["success"], None, transfer[k]["l2"], same[k]["success"]) for k in map(tau_key, TAU_GRID)),
         note=("The seed shows this only in its 'Attacking & Defending' figure, whose values are not in the seed "
               "text we have, so no read-off values are given."))
-    t3 = Table(
+
+
+def _matrix_table(matrix: dict[str, dict[str, float | None]]) -> Table:
+    """Third table: CW success for every (τ_attack, τ_test) pair."""
+    return Table(
         "CW success % for every (τ_attack, τ_test) pair (rows: τ_attack, columns: τ_test)",
         ("τ_attack",) + tuple(f"τ_test={k}" for k in map(tau_key, TAU_GRID)) + ("seed: τ_test = τ_attack",),
         tuple((a,) + tuple(matrix[a][t] for t in map(tau_key, TAU_GRID)) + (SEED_TABLE[a][1],)
               for a in map(tau_key, TAU_GRID)),
         note="The diagonal is the first table's success column; the seed reports only the diagonal.")
 
-    fig = _figure(ctx, errors, same, transfer, matrix, res_stats)
-    findings = _findings(errors, same, transfer, res_stats, matrix, n_cw, settings)
+
+def _protocol(ctx: StudyContext, n_err: int, n_cw: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Data, models, attack, solver and batching of the report."""
     trained_on = "1 constant-rate epoch on 1000 images (quick)" if ctx.quick else "6 epochs on 8000 images"
-    protocol = {
+    return {
         "data": "mnist-t10k (train 0-7999, held out 8000-9999)",
         "n": {"error": n_err, "cw": n_cw},
         "models": {"ode-chen": PRESETS["ode-chen"].description + f" (zoo; τ_train = {TAU_TRAIN:g})",
@@ -244,9 +278,6 @@ def run(ctx: StudyContext) -> StudyReport:
         "batching": f"the {n_cw} attacked images form one batch (attack and scoring): dopri5's step control "
                     "sees the whole batch",
     }
-    data = {"errors": errors, "same": same, "transfer": transfer, "matrix": matrix, "resnets": res_stats,
-            "cw_seconds": {k: v["seconds"] for k, v in cells.items()}}
-    return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol, (t1, t2, t3), (fig,), findings, data)
 
 
 def _fmt(v: float | None, unit: str = "") -> str:

@@ -192,7 +192,6 @@ def run(ctx: StudyContext) -> StudyReport:
     x_all, y_all = load_dataset("mnist-t10k", "test")
     n = ctx.n(8, 100)
     n_adapt = min(n, ctx.pick(4, 50))
-    samples = EOT_SAMPLES
     settings = cw_settings(ctx)
     ode = ctx.zoo("ode-chen")
     idx = torch.tensor(attack_set(ctx, ode, x_all, y_all, n))
@@ -200,26 +199,7 @@ def run(ctx: StudyContext) -> StudyReport:
     defense = ToleranceRandomized(ode, LOW, HIGH, votes=max(V_GRID), method="dopri5", seed=ctx.seed)
     base = f"n={n} seed={ctx.seed} group={VOTE_GROUP} V={max(V_GRID)} tau=[{LOW:g},{HIGH:g}]"
     natural = ctx.cell(f"votes natural {base}", lambda: _votes(defense, x, y, ctx.seed * 1000 + 1))
-
-    def attack_cell(name: str, offset: int) -> dict[str, Any]:
-        m = n if name == "cw" else n_adapt
-        xs, ys = x[:m], y[:m]
-        target: nn.Module = ode
-        if "eot" in name:
-            target = _TauExpectation(ToleranceRandomized(ode, LOW, HIGH, method="dopri5", seed=ctx.seed + 101),
-                                     samples)
-        confidence = KAPPA if "kappa" in name else 0.0
-        result = CW(target, seed=ctx.seed, confidence=confidence, **settings)(xs, ys)
-        with torch.no_grad():
-            undefended = (ode(result.x_adv).argmax(1) != ys).tolist()
-        record = _votes(defense, result.x_adv, ys, ctx.seed * 1000 + 10 + offset)
-        return {"l2": [round(float(v), 5) for v in result.l2], "undefended_wrong": undefended,
-                "seconds": round(result.seconds, 1), "nfe": result.nfe, **record}
-
-    tag = f"{cw_tag(settings)} S={samples} kappa={KAPPA:g}"
-    cells = {name: ctx.cell(f"attack {name} {tag} {base} n_adapt={n_adapt if name != 'cw' else n}",
-                            lambda name=name, i=i: attack_cell(name, i))
-             for i, name in enumerate(ATTACKS)}
+    cells = _attack_cells(ctx, ode, defense, x, y, n_adapt, settings, base)
 
     nat_agree = {v: _agreement(natural["labels"], v) for v in V_GRID}
     y_list = y.tolist()
@@ -231,20 +211,65 @@ def run(ctx: StudyContext) -> StudyReport:
     curves = {k: e[2] for k, e in evals.items()}
     nat_spread = _spread(natural["margins"], range(n))
 
-    t1 = Table(
+    tables = (_zero_knowledge_table(stats["cw"], n), _adaptive_table(stats, summary, n_adapt))
+    fig = _figure(ctx, curves, cells, nat_agree, n_adapt)
+    findings = _findings(stats, summary, nat_spread, n, n_adapt)
+    data = {"stats": {k: {str(kk): vv for kk, vv in v.items()} for k, v in stats.items()}, "summary": summary,
+            "natural_margin_spread": nat_spread,
+            "roc": {k: {str(v): {"fpr": c[0], "tpr": c[1]} for v, c in cv.items()} for k, cv in curves.items()}}
+    return StudyReport(NAME, TITLE, SEED, ctx.quick, _protocol(ctx, n, n_adapt, settings), tables, (fig,),
+                       findings, data)
+
+
+def _attack_cells(ctx: StudyContext, ode: nn.Module, defense: ToleranceRandomized, x: torch.Tensor,
+                  y: torch.Tensor, n_adapt: int, settings: dict[str, Any], base: str) -> dict[str, dict[str, Any]]:
+    """The cached cell of every attack of :data:`ATTACKS`: its adversarials' L2, and their votes under the defense.
+
+    ``cw`` attacks all ``len(x)`` images, the adaptive attacks the first ``n_adapt``.
+    """
+    n = x.shape[0]
+
+    def attack_cell(name: str, offset: int) -> dict[str, Any]:
+        m = n if name == "cw" else n_adapt
+        xs, ys = x[:m], y[:m]
+        target: nn.Module = ode
+        if "eot" in name:
+            target = _TauExpectation(ToleranceRandomized(ode, LOW, HIGH, method="dopri5", seed=ctx.seed + 101),
+                                     EOT_SAMPLES)
+        confidence = KAPPA if "kappa" in name else 0.0
+        result = CW(target, seed=ctx.seed, confidence=confidence, **settings)(xs, ys)
+        with torch.no_grad():
+            undefended = (ode(result.x_adv).argmax(1) != ys).tolist()
+        record = _votes(defense, result.x_adv, ys, ctx.seed * 1000 + 10 + offset)
+        return {"l2": [round(float(v), 5) for v in result.l2], "undefended_wrong": undefended,
+                "seconds": round(result.seconds, 1), "nfe": result.nfe, **record}
+
+    tag = f"{cw_tag(settings)} S={EOT_SAMPLES} kappa={KAPPA:g}"
+    return {name: ctx.cell(f"attack {name} {tag} {base} n_adapt={n_adapt if name != 'cw' else n}",
+                           lambda name=name, i=i: attack_cell(name, i))
+            for i, name in enumerate(ATTACKS)}
+
+
+def _zero_knowledge_table(cw: dict[int, dict[str, Any]], n: int) -> Table:
+    """First table: the vote against CW at τ_train, per V, next to the seed's stated operating point."""
+    return Table(
         "Zero-knowledge CW (τ_attack = τ_train): detection by the vote, per ensemble size V",
         ("V", "AUC (ours)", "AUC (seed figure)", "v_min at ≥90% natural accepted", "natural accepted % (ours)",
          "natural accepted % (seed)", "CW adversarials rejected % (ours)", "CW rejected % (seed)",
          "accuracy of accepted natural %", "CW success under the defense %"),
-        tuple((v, stats["cw"][v]["auc"], None, stats["cw"][v]["v_min"], stats["cw"][v]["nat_accept"], "> 90",
-               stats["cw"][v]["adv_reject"], "~80", stats["cw"][v]["nat_acc_accepted"],
-               stats["cw"][v]["defended_success"]) for v in V_GRID),
+        tuple((v, cw[v]["auc"], None, cw[v]["v_min"], cw[v]["nat_accept"], "> 90",
+               cw[v]["adv_reject"], "~80", cw[v]["nat_acc_accepted"],
+               cw[v]["defended_success"]) for v in V_GRID),
         note=(f"{n} natural images (correctly classified at τ_train) and their successful CW adversarials "
               "(misclassified by the undefended model at τ_train, scored as one batch). The "
               "seed's ROC curves and AUCs are only in a figure whose values are not in the seed text we have; "
               "'> 90' / '~80' are the operating point its conclusions state for all V ('accept +90% pristine "
               "images, reject ~80% strong CW adversarials'). Success under the defense = accepted with a "
               "wrong class, over all attacked images."))
+
+
+def _adaptive_table(stats: dict[str, Any], summary: dict[str, Any], n_adapt: int) -> Table:
+    """Second table: every attack of :data:`ATTACKS` on the first ``n_adapt`` images."""
     rows = []
     for name in ATTACKS:
         key = f"{name}@adapt"
@@ -253,7 +278,7 @@ def run(ctx: StudyContext) -> StudyReport:
                     + tuple(stats[key][v]["auc"] for v in V_GRID)
                     + (stats[key][V_GRID[0]]["defended_success"], stats[key][V_GRID[-1]]["defended_success"],
                        "AUC in a figure only" if name == "cw" else "not evaluated (future work)"))
-    t2 = Table(
+    return Table(
         "Attackers who know the defense: AUC of the vote and success under the defense",
         ("attack", "n attacked", "success vs undefended τ_train %", "mean L2 of those",
          "mean L2 of zero-knowledge CW, same images")
@@ -261,12 +286,13 @@ def run(ctx: StudyContext) -> StudyReport:
         + (f"success under defense % V={V_GRID[0]}", f"success under defense % V={V_GRID[-1]}", "seed"),
         tuple(rows),
         note=(f"Every row on the first {n_adapt} images (and as many natural ones); EOT averages S = "
-              f"{samples} draws per CW step; success under the defense = accepted with a wrong class at the "
+              f"{EOT_SAMPLES} draws per CW step; success under the defense = accepted with a wrong class at the "
               "v_min of the first table's operating point for that V."))
 
-    fig = _figure(ctx, curves, cells, nat_agree, n_adapt)
-    findings = _findings(stats, summary, nat_spread, n, n_adapt)
-    protocol = {
+
+def _protocol(ctx: StudyContext, n: int, n_adapt: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Data, model, defense, attacks and ROC definition of the report."""
+    return {
         "data": "mnist-t10k (train 0-7999, held out 8000-9999)",
         "n": {"natural": n, "cw": n, "adaptive": n_adapt},
         "model": PRESETS["ode-chen"].description + f" (zoo, τ_train = {TAU_TRAIN:g})",
@@ -274,14 +300,10 @@ def run(ctx: StudyContext) -> StudyReport:
                    f"top class has > v_min votes; the V tolerances are drawn once per group of {VOTE_GROUP} "
                    f"images (one solver batch); V < {max(V_GRID)} uses the first V of {max(V_GRID)} draws",
         "attacks": {**ATTACKS, "cw settings": f"attacks.CW unbounded, {settings}, seed {ctx.seed}",
-                    "S": samples},
+                    "S": EOT_SAMPLES},
         "roc": "positive = natural, negative = attacked image the undefended model (τ_train) misclassifies; "
                "v_min swept from -1 to V",
     }
-    data = {"stats": {k: {str(kk): vv for kk, vv in v.items()} for k, v in stats.items()}, "summary": summary,
-            "natural_margin_spread": nat_spread,
-            "roc": {k: {str(v): {"fpr": c[0], "tpr": c[1]} for v, c in cv.items()} for k, cv in curves.items()}}
-    return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol, (t1, t2), (fig,), findings, data)
 
 
 def _fmt(v: float | None, digits: int = 2, unit: str = "") -> str:

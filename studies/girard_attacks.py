@@ -5,7 +5,7 @@ models ``lenet5``, ``ode`` (the verifiable-field ODE-net, fixed-step RK4) and, w
 checkpoint is present, ``ode-chen`` (Chen et al.'s GroupNorm field with dopri5, the
 closest to the seed's ODE-net) on the held-out images of ``mnist-t10k``.
 
-This module also holds the machinery :mod:`verify.studies.girard_advtrain` reuses
+This module also holds the machinery :mod:`studies.girard_advtrain` reuses
 (:class:`AttackSettings`, :class:`ModelPlan`, :func:`attack_cells`, the tables and figures).
 
 References:
