@@ -65,6 +65,15 @@ def _kind(rec: dict[str, Any], used: str) -> str:
     return f"{used}: " + (", ".join(tags) or "no listed option")
 
 
+def _violation_records(rec: dict[str, Any], res: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """One record per violated margin: the trial's architecture, image, ε and the margin's numbers."""
+    return [{"seed": rec["seed"], "trial": rec["trial"], "kind": kind, "features": features(rec),
+             "arch": rec["arch"], "image": rec["image"], "norm": rec["norm"], "eps": rec["eps"],
+             "label": rec["label"], "method": res["method"], "engine": res["engine"],
+             "used": res["used"], **{k: v[k] for k in ("row", "j", "bound", "attacked_margin")}}
+            for v in res["violations"]]
+
+
 def _table(rows: dict[tuple[str, str, str], dict[str, Any]], order: Sequence[tuple[str, str]]
            ) -> list[dict[str, Any]]:
     """The per-(method, engine, norm) rows in table order, slacks reduced to the median."""
@@ -124,11 +133,7 @@ def summarize(records: Sequence[dict[str, Any]], wall: float | None, order: Sequ
                 g["worst_slack"] = min(g["worst_slack"], res["slack"])
                 if len(g["examples"]) < 8:
                     g["examples"].append(rec["trial"])
-                violations += [{"seed": rec["seed"], "trial": rec["trial"], "kind": kind, "features": features(rec),
-                                "arch": rec["arch"], "image": rec["image"], "norm": rec["norm"], "eps": rec["eps"],
-                                "label": rec["label"], "method": res["method"], "engine": res["engine"],
-                                "used": res["used"], **{k: v[k] for k in ("row", "j", "bound", "attacked_margin")}}
-                               for v in res["violations"]]
+                violations += _violation_records(rec, res, kind)
     table = _table(rows, order)
     checked = [r for r in table if r["worst_slack"] is not None]
     if records and all("finished_at" in r for r in records):  # first trial's start to last trial's end

@@ -37,7 +37,8 @@ def _worker(mode: str, model_name: str, n: int, plan_path: str | None, threads: 
     from models.zoo import load
     from verify._lirpa_compat import import_auto_lirpa
     from verify.certify import Certifier, spec_matrix
-    from verify.run import RunSpec, certify_parallel, read_records
+    from verify._backends import certify_parallel
+    from verify.run import RunSpec, read_records
     from verify.unroll import unroll
 
     model = load(model_name)

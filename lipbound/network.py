@@ -148,15 +148,42 @@ def _ode_block_row(block: nn.Module, state_shape: tuple[int, ...], norm: str, de
 
 
 def record_steps(block: nn.Module, h0: torch.Tensor) -> list[tuple[float, float]]:
-    """The accepted (t0, dt) steps of an adaptive ODE block on input state ``h0``."""
-    previous = block.record_steps
-    block.record_steps = True
-    try:
+    """The accepted (t0, dt) steps of an adaptive ODE block on input state ``h0`` (the block's
+    own ``recording()``)."""
+    with block.recording(), torch.no_grad():
+        block(h0)
+    return list(block.accepted_steps)
+
+
+def _ode_net_bound(model: nn.Module, shape: tuple[int, ...], norm: str, steps: Sequence[tuple[float, float]] | None,
+                   x: torch.Tensor | None, dense_limit: int) -> NetworkBound:
+    """stem -> ODE block (the solver's growth factor) -> head."""
+    rows, state = sequential_bounds(model.stem, shape, norm, "stem", dense_limit)
+    x_state = None
+    if x is not None:
         with torch.no_grad():
-            block(h0)
-        return list(block.accepted_steps)
-    finally:
-        block.record_steps = previous
+            x_state = model.stem(x)
+    brows, growth, k, reason = _ode_block_row(model.block, state, norm, dense_limit, steps, x_state)
+    hrows, _ = sequential_bounds(model.head, state, norm, "head", dense_limit)
+    factors = [r.name for r in rows] + ["block"] + [r.name for r in hrows]
+    return _combine(model, norm, rows + brows + hrows, factors, growth, k, reason)
+
+
+def _resnet_bound(model: nn.Module, shape: tuple[int, ...], norm: str, dense_limit: int) -> NetworkBound:
+    """stem -> residual blocks h + s·f_k(t, h), each 1 + s·K_k -> head."""
+    rows, state = sequential_bounds(model.stem, shape, norm, "stem", dense_limit)
+    factors = [r.name for r in rows]
+    for k in range(model.n_blocks):
+        idx = 0 if model.tied else k
+        frows, kf, reason = field_bound(model.block_field(k), state, norm, f"fields.{idx}", dense_limit)
+        if k == 0 or not model.tied:
+            rows += frows
+        rows.append(LayerBound(f"block{k}", "Residual", state, state, norm,
+                               None if kf is None else 1.0 + model.step * kf, None, kf is not None,
+                               False, f"1 + s*K_f, s={model.step:g}", reason))
+        factors.append(f"block{k}")
+    hrows, _ = sequential_bounds(model.head, state, norm, "head", dense_limit)
+    return _combine(model, norm, rows + hrows, factors + [r.name for r in hrows])
 
 
 def network_bound(model: nn.Module, norm: str = "2", input_shape: Sequence[int] | None = None,
@@ -187,29 +214,9 @@ def network_bound(model: nn.Module, norm: str = "2", input_shape: Sequence[int] 
             raise LipschitzError("input_shape is required for a model without .input_shape")
     shape = tuple(int(s) for s in input_shape)
     if hasattr(model, "stem") and hasattr(model, "block") and hasattr(model, "head"):
-        rows, state = sequential_bounds(model.stem, shape, norm, "stem", dense_limit)
-        x_state = None
-        if x is not None:
-            with torch.no_grad():
-                x_state = model.stem(x)
-        brows, growth, k, reason = _ode_block_row(model.block, state, norm, dense_limit, steps, x_state)
-        hrows, _ = sequential_bounds(model.head, state, norm, "head", dense_limit)
-        factors = [r.name for r in rows] + ["block"] + [r.name for r in hrows]
-        return _combine(model, norm, rows + brows + hrows, factors, growth, k, reason)
+        return _ode_net_bound(model, shape, norm, steps, x, dense_limit)
     if hasattr(model, "stem") and hasattr(model, "fields") and hasattr(model, "head"):
-        rows, state = sequential_bounds(model.stem, shape, norm, "stem", dense_limit)
-        factors = [r.name for r in rows]
-        for k in range(model.n_blocks):
-            idx = 0 if model.tied else k
-            frows, kf, reason = field_bound(model.block_field(k), state, norm, f"fields.{idx}", dense_limit)
-            if k == 0 or not model.tied:
-                rows += frows
-            rows.append(LayerBound(f"block{k}", "Residual", state, state, norm,
-                                   None if kf is None else 1.0 + model.step * kf, None, kf is not None,
-                                   False, f"1 + s*K_f, s={model.step:g}", reason))
-            factors.append(f"block{k}")
-        hrows, _ = sequential_bounds(model.head, state, norm, "head", dense_limit)
-        return _combine(model, norm, rows + hrows, factors + [r.name for r in hrows])
+        return _resnet_bound(model, shape, norm, dense_limit)
     if hasattr(model, "features") and hasattr(model, "classifier"):
         rows, mid = sequential_bounds(model.features, shape, norm, "features", dense_limit)
         crows, _ = sequential_bounds(model.classifier, mid, norm, "classifier", dense_limit)

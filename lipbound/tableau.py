@@ -130,40 +130,26 @@ class ButcherTableau:
     b_err: tuple[sympy.Rational, ...] | None = None
     b_mid: tuple[sympy.Rational, ...] | None = None
 
-    def __post_init__(self) -> None:
-        b = _vector(self.b, "b")
-        s = len(b)
-        if s < 1:
-            raise TableauError(f"tableau {self.name!r}: needs at least one stage")
-        c = _vector(self.c, "c")
-        if len(c) != s:
-            raise TableauError(f"tableau {self.name!r}: len(c)={len(c)} != len(b)={s}")
-        if len(self.a) != s:
-            raise TableauError(f"tableau {self.name!r}: a has {len(self.a)} rows, expected {s}")
-        rows: list[tuple[sympy.Rational, ...]] = []
-        for i, row in enumerate(self.a):
-            vals = _vector(row, f"a[{i}]")
-            if len(vals) == i:
-                vals = vals + (sympy.Integer(0),) * (s - i)
-            if len(vals) != s:
-                raise TableauError(
-                    f"tableau {self.name!r}: row a[{i}] has {len(vals)} entries, expected {i} or {s}"
-                )
-            if any(v != 0 for v in vals[i:]):
-                raise TableauError(
-                    f"tableau {self.name!r}: a must be strictly lower triangular (explicit method); "
-                    f"row {i} has a nonzero entry on or above the diagonal"
-                )
-            if sum(vals, sympy.Integer(0)) != c[i]:
-                raise TableauError(
-                    f"tableau {self.name!r}: row sum of a[{i}] is {sum(vals, sympy.Integer(0))}, "
-                    f"but c[{i}] = {c[i]}"
-                )
-            rows.append(vals)
-        if c[0] != 0:
-            raise TableauError(f"tableau {self.name!r}: c[0] must be 0 for an explicit method, got {c[0]}")
-        if int(self.order) != self.order or self.order < 1:
-            raise TableauError(f"tableau {self.name!r}: order must be a positive integer, got {self.order}")
+    def _row(self, i: int, row: Any, s: int, ci: sympy.Rational) -> tuple[sympy.Rational, ...]:
+        """Row i of a, padded to s entries, checked strictly lower triangular with row sum c_i."""
+        vals = _vector(row, f"a[{i}]")
+        if len(vals) == i:
+            vals = vals + (sympy.Integer(0),) * (s - i)
+        if len(vals) != s:
+            raise TableauError(f"tableau {self.name!r}: row a[{i}] has {len(vals)} entries, expected {i} or {s}")
+        if any(v != 0 for v in vals[i:]):
+            raise TableauError(
+                f"tableau {self.name!r}: a must be strictly lower triangular (explicit method); "
+                f"row {i} has a nonzero entry on or above the diagonal"
+            )
+        if sum(vals, sympy.Integer(0)) != ci:
+            raise TableauError(
+                f"tableau {self.name!r}: row sum of a[{i}] is {sum(vals, sympy.Integer(0))}, but c[{i}] = {ci}"
+            )
+        return vals
+
+    def _extra_weights(self, s: int) -> tuple[tuple[sympy.Rational, ...] | None, tuple[sympy.Rational, ...] | None]:
+        """The embedded weights b_err (summing to 1) and the midpoint weights b_mid (to 1/2), checked."""
         b_err = None
         if self.b_err is not None:
             b_err = _vector(self.b_err, "b_err")
@@ -180,6 +166,24 @@ class ButcherTableau:
                 raise TableauError(
                     f"tableau {self.name!r}: b_mid needs {s} entries summing to 1/2"
                 )
+        return b_err, b_mid
+
+    def __post_init__(self) -> None:
+        b = _vector(self.b, "b")
+        s = len(b)
+        if s < 1:
+            raise TableauError(f"tableau {self.name!r}: needs at least one stage")
+        c = _vector(self.c, "c")
+        if len(c) != s:
+            raise TableauError(f"tableau {self.name!r}: len(c)={len(c)} != len(b)={s}")
+        if len(self.a) != s:
+            raise TableauError(f"tableau {self.name!r}: a has {len(self.a)} rows, expected {s}")
+        rows = [self._row(i, row, s, c[i]) for i, row in enumerate(self.a)]
+        if c[0] != 0:
+            raise TableauError(f"tableau {self.name!r}: c[0] must be 0 for an explicit method, got {c[0]}")
+        if int(self.order) != self.order or self.order < 1:
+            raise TableauError(f"tableau {self.name!r}: order must be a positive integer, got {self.order}")
+        b_err, b_mid = self._extra_weights(s)
         if sum(b, sympy.Integer(0)) != 1:
             raise TableauError(f"tableau {self.name!r}: weights b sum to {sum(b, sympy.Integer(0))}, not 1")
         for label, residual in _order_residuals(rows, b, c, min(int(self.order), 4)):

@@ -115,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.preset not in PRESETS:
             raise UnknownModelError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[args.preset]
+        if preset.cert is not None:
+            raise ValueError(f"preset {preset.name!r} is trained with a certified loss, whose bounds live in verify: "
+                             f"run `{preset.train_command}`")
         arch, config, recipe, dataset = preset.arch, dict(preset.config), preset.recipe, preset.dataset
         out = Path(args.out) if args.out else ZOO_DIR / preset.name
     else:
@@ -154,6 +157,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.train_missing and args.model in PRESETS and not (ZOO_DIR / f"{args.model}.pt").exists():
         p = PRESETS[args.model]
+        if p.cert is not None:
+            raise ValueError(f"zoo model {p.name!r} has no checkpoint yet and is trained with a certified loss: "
+                             f"run `{p.train_command}`")
         _train_and_save(p.arch, dict(p.config), p.recipe, p.dataset, ZOO_DIR / p.name, args.data_dir, device,
                         True, p.name)
     model, meta = resolve(args.model, device, weights=args.weights)
@@ -193,7 +199,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     have = set(available())
     if not args.markdown:
         for name, p in PRESETS.items():
-            print(f"{name:12s} {'trained' if name in have else 'missing':8s} {p.description}")
+            print(f"{name:16s} {'trained' if name in have else 'missing':8s} {p.description}")
         return 0
     print("| model | description | parameters | held-out accuracy | mean NFE | train time | retrain |")
     print("|---|---|---|---|---|---|---|")
@@ -203,7 +209,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         _, meta = load_with_metadata(name)
         nfe = f"{meta['mean_nfe']:.1f}" if meta["mean_nfe"] else "–"
         print(f"| `{name}` | {p.description} | {meta['parameters']:,} | {100 * meta['held_out_accuracy']:.2f} % "
-              f"| {nfe} | {meta['train_seconds']:.0f} s | `python -m models train --preset {name}` |")
+              f"| {nfe} | {meta['train_seconds']:.0f} s | `{p.train_command}` |")
     return 0
 
 

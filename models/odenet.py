@@ -8,6 +8,8 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -82,6 +84,15 @@ class ODEBlock(nn.Module):
         if s.is_fixed and self.record_steps:
             self.accepted_steps = list(s.grid())
         return out
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Within it, every solve records its accepted (t0, dt) steps in :attr:`accepted_steps`."""
+        previous, self.record_steps = self.record_steps, True
+        try:
+            yield
+        finally:
+            self.record_steps = previous
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """State at t = T, same shape as ``h``."""

@@ -22,7 +22,7 @@ import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,23 @@ from .base import Classifier
 #: ``adversary(model, x, y, eps) -> x_adv``: the adversarial-training hook (model in eval
 #: mode); ``eps`` is the L∞ budget of this step (:func:`adv_eps_at`).
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+class LossHook(Protocol):
+    """A training loss the trainer calls instead of cross-entropy (e.g. a certified loss that
+    :mod:`verify.certified_training` supplies, so that ``models`` never imports ``verify``).
+
+    ``recipe`` is a JSON-serialisable description of the loss (its kind, ε schedule, ...);
+    it is part of the resume state, so a resume under another loss is refused.
+    ``__call__(model, x, y, step, steps_per_epoch)`` returns the batch's scalar loss and
+    per-batch statistics in [0, 1] (e.g. ``{"clean": ..., "verified": ...}`` accuracies),
+    which the progress bar shows as running means; ``step`` counts batches over all epochs.
+    """
+
+    recipe: dict[str, Any]
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
+                 steps_per_epoch: int) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 class CheckpointError(ValueError):
@@ -102,6 +119,8 @@ class Recipe:
             step, from 0 to ``adv_eps`` (0: the full budget at once).
         T_range: if set, each batch integrates an ODE-net to T ~ U[T_range] (seed 000's
             "10-100" recipe); None keeps the model's solver T.
+        grad_clip: clip the gradient's global L2 norm to this value before each step
+            (None: no clipping).
     """
 
     epochs: int = 10
@@ -117,6 +136,7 @@ class Recipe:
     adv_warmup: int = 0
     adv_ramp: int = 0
     T_range: tuple[float, float] | None = None
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -133,6 +153,16 @@ class Recipe:
             raise ValueError(f"adv_warmup and adv_ramp must be >= 0, got {self.adv_warmup}, {self.adv_ramp}")
         if self.T_range is not None and not (0 < self.T_range[0] <= self.T_range[1]):
             raise ValueError(f"T_range must satisfy 0 < lo <= hi, got {self.T_range}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive (or None), got {self.grad_clip}")
+
+    def key(self) -> dict[str, Any]:
+        """The recipe as recorded in a resume state (fields left at None that older versions
+        lacked are omitted, so their resume states stay valid)."""
+        d = dataclasses.asdict(self)
+        if d["grad_clip"] is None:
+            del d["grad_clip"]
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +171,7 @@ class TrainResult:
 
     epoch_loss: tuple[float, ...]
     seconds: float
+    epoch_stats: tuple[dict[str, float], ...] = ()
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -188,6 +219,7 @@ def train(
     adversary: Adversary | None = None,
     resume_path: Path | None = None,
     progress: bool = True,
+    loss_fn: LossHook | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on (x, y) with Adam(W) and cross-entropy.
 
@@ -201,41 +233,55 @@ def train(
             budget :func:`adv_eps_at` gives for the step.
         resume_path: where to keep the per-epoch resumable state (None: no resume).
         progress: show a tqdm bar.
+        loss_fn: optional :class:`LossHook` computing each batch's loss instead of the
+            cross-entropy of the logits (certified training); its ``recipe`` is recorded
+            in the resume state.
 
     Returns:
-        per-epoch mean loss and wall time.
+        per-epoch mean loss (and the hook's mean statistics) and wall time.
 
     Raises:
-        ValueError: mismatched x / y.
+        ValueError: mismatched x / y; both an adversary and a loss hook.
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+    if adversary is not None and loss_fn is not None:
+        raise ValueError("give an adversary or a loss hook, not both (a loss hook runs its own attack)")
     device = next(model.parameters()).device
     torch.manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(x.shape[0] / recipe.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(recipe, s, steps_per_epoch))
     losses: list[float] = []
+    stats: list[dict[str, float]] = []
     start_epoch = 0
-    recipe_key = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
+    key: dict[str, Any] = recipe.key()
+    if loss_fn is not None:
+        key = {**key, "loss_hook": loss_fn.recipe}
+    recipe_key = json.dumps(key, sort_keys=True)
     if resume_path is not None and resume_path.exists():
-        losses, start_epoch = _resume(resume_path, recipe_key, model, opt, sched, device)
+        losses, stats, start_epoch = _resume(resume_path, recipe_key, model, opt, sched, device)
     base_solver = getattr(model, "solver", None)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, recipe.epochs):
-        losses.append(_train_epoch(model, x, y, recipe, epoch, opt, sched, adversary, progress))
+        loss, epoch_stats = _train_epoch(model, x, y, recipe, epoch, opt, sched, adversary, progress, loss_fn)
+        losses.append(loss)
+        stats.append(epoch_stats)
         if base_solver is not None:
             model.solver = base_solver
         if resume_path is not None:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "losses": torch.tensor(losses), "epoch": epoch + 1, "recipe": recipe_key}, resume_path)
+                        "losses": torch.tensor(losses), "epoch": epoch + 1, "recipe": recipe_key,
+                        "stats": json.dumps(stats)}, resume_path)
     model.eval()
-    return TrainResult(tuple(losses), time.perf_counter() - t0)
+    return TrainResult(tuple(losses), time.perf_counter() - t0, tuple(stats) if loss_fn is not None else ())
 
 
 def _resume(resume_path: Path, recipe_key: str, model: nn.Module, opt: torch.optim.Optimizer,
-            sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> tuple[list[float], int]:
-    """Load the per-epoch state into model, optimiser and scheduler; returns (losses so far, next epoch).
+            sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device
+            ) -> tuple[list[float], list[dict[str, float]], int]:
+    """Load the per-epoch state into model, optimiser and scheduler; returns (losses so far, the
+    loss hook's statistics so far, next epoch).
 
     Raises:
         NotACheckpointError: the file is not a resume state.
@@ -246,18 +292,22 @@ def _resume(resume_path: Path, recipe_key: str, model: nn.Module, opt: torch.opt
         raise NotACheckpointError(f"resume state {resume_path} is not a checkpoint "
                                   f"(it holds a {type(state).__name__}); delete it to train from scratch")
     if state.get("recipe") != recipe_key:
-        raise CheckpointError(f"resume state {resume_path} was written by another recipe (or an older version); "
-                              "delete it to train from scratch")
+        raise CheckpointError(f"resume state {resume_path} was written by another recipe or training loss "
+                              "(or an older version); delete it to train from scratch")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
-    return [float(v) for v in state["losses"]], int(state["epoch"])
+    losses = [float(v) for v in state["losses"]]
+    stats = json.loads(state["stats"]) if isinstance(state.get("stats"), str) else [{} for _ in losses]
+    return losses, stats, int(state["epoch"])
 
 
 def _train_epoch(model: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, epoch: int,
                  opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                 adversary: Adversary | None, progress: bool) -> float:
-    """One pass over (x, y) in the order drawn from ``(seed, epoch)``; returns the mean loss.
+                 adversary: Adversary | None, progress: bool, loss_fn: LossHook | None = None
+                 ) -> tuple[float, dict[str, float]]:
+    """One pass over (x, y) in the order drawn from ``(seed, epoch)``; returns the mean loss and
+    the loss hook's mean statistics.
 
     With ``recipe.T_range`` each batch sets its own ``model.solver`` (the caller restores it).
     """
@@ -267,6 +317,7 @@ def _train_epoch(model: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: Re
     gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
     order = torch.randperm(x.shape[0], generator=gen)
     total, count = 0.0, 0
+    sums: dict[str, float] = {}
     bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress, leave=False)
     for i in bar:
         idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
@@ -281,15 +332,22 @@ def _train_epoch(model: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: Re
             model.eval()
             xb = adversary(model, xb, yb, adv_eps_at(recipe, epoch * steps_per_epoch + i, steps_per_epoch)).detach()
         model.train()
-        loss = F.cross_entropy(model(xb), yb)
+        if loss_fn is None:
+            loss, batch_stats = F.cross_entropy(model(xb), yb), {}
+        else:
+            loss, batch_stats = loss_fn(model, xb, yb, epoch * steps_per_epoch + i, steps_per_epoch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if recipe.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
         sched.step()
         total += float(loss.detach()) * len(idx)
         count += len(idx)
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / count
+        for k, v in batch_stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        bar.set_postfix(loss=f"{total / count:.4f}", **{k: f"{v / count:.3f}" for k, v in sums.items()})
+    return total / count, {k: v / count for k, v in sums.items()}
 
 
 def _build_from_metadata(arch: Any, config: Any, js: Path) -> Classifier:
@@ -354,6 +412,11 @@ def _stem(path: str | os.PathLike[str]) -> Path:
     return p.with_suffix("") if p.suffix in (".pt", ".json") else p
 
 
+def sidecar(stem: Path, ext: str) -> Path:
+    """``<stem><ext>``: the extension appended, so that a dotted stem (``ode-cert-0.1``) keeps its name."""
+    return stem.with_name(stem.name + ext)
+
+
 def save_checkpoint(path: str | os.PathLike[str], model: Classifier, metadata: dict[str, Any]) -> Path:
     """Write ``<stem>.pt`` (state_dict) and ``<stem>.json`` (metadata + arch + config).
 
@@ -363,11 +426,11 @@ def save_checkpoint(path: str | os.PathLike[str], model: Classifier, metadata: d
     stem = _stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     meta = {"arch": model.arch, "config": model.config(), **metadata}
-    tmp = stem.with_suffix(".pt.tmp")
+    tmp = sidecar(stem, ".pt.tmp")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, stem.with_suffix(".pt"))
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return stem.with_suffix(".pt")
+    os.replace(tmp, sidecar(stem, ".pt"))
+    sidecar(stem, ".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return sidecar(stem, ".pt")
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
@@ -380,7 +443,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             the weights.
     """
     stem = _stem(path)
-    pt, js = stem.with_suffix(".pt"), stem.with_suffix(".json")
+    pt, js = sidecar(stem, ".pt"), sidecar(stem, ".json")
     # The weights first: a foreign .pt is "not a checkpoint", whether or not a .json lies beside it.
     if not pt.exists():
         raise CheckpointError(f"checkpoint file not found: {pt}")

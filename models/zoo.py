@@ -2,7 +2,9 @@
 
 Every zoo model is produced by ``python -m models train --preset NAME`` from a preset in
 :data:`PRESETS` (architecture, constructor config, recipe), on the ``mnist-t10k``
-protocol (train on images 0-7999 of the official test set, hold out 8000-9999).
+protocol (train on images 0-7999 of the official test set, hold out 8000-9999). A
+certified-training preset (``cert`` set) needs the bounds in its training loss and is
+trained by ``python -m verify train --preset NAME`` instead.
 
 A ``--model`` is one of: a zoo name; a checkpoint (``<stem>.pt`` state dict and its
 ``<stem>.json`` sidecar naming ``arch`` and ``config``, see :func:`models.train.load_checkpoint`);
@@ -42,6 +44,9 @@ class Preset:
         recipe: training recipe.
         description: one line for tables.
         dataset: data protocol.
+        cert: the certified-training loss and ε schedule, as keyword arguments of
+            ``verify.certified_training.CertConfig`` (plain data: ``models`` never imports
+            ``verify``); None for an ordinary preset.
     """
 
     name: str
@@ -50,9 +55,30 @@ class Preset:
     recipe: Recipe
     description: str
     dataset: str = "mnist-t10k"
+    cert: dict[str, Any] | None = None
+
+    @property
+    def train_command(self) -> str:
+        """The command that (re)trains this preset."""
+        tool = "verify" if self.cert is not None else "models"
+        return f"python -m {tool} train --preset {self.name}"
 
 
 _ODE_SOLVER = SolverConfig.fixed("rk4", 4, T=1.0).to_dict()
+#: certified training (Gowal et al.'s IBP recipe, Shi et al.'s short warm-up and smooth ramp):
+#: Adam 5e-4 without weight decay, no augmentation, gradients clipped at norm 10.
+_CERT_RECIPE = Recipe(epochs=80, batch_size=128, lr=5e-4, weight_decay=0.0, schedule="cosine", shift=0, seed=0,
+                      grad_clip=10.0)
+_CERT_ODE = {"channels": 16, "field": "verifiable", "time_channel": False,
+             "solver": SolverConfig.fixed("euler", 2, T=1.0).to_dict()}
+
+
+def _cert(eps: float) -> dict[str, Any]:
+    """IBP at 1.1·ε (Gowal et al.), one clean epoch, ε ramped over half the run, the models' own
+    initialisation (Shi et al.'s IBP initialisation starves these BatchNorm-free nets of signal)."""
+    return {"loss": "ibp", "eps": round(1.1 * eps, 6), "eval_eps": eps, "warmup_epochs": 1, "ramp_epochs": 40,
+            "kappa_end": 0.5, "init": "default"}
+
 
 PRESETS: dict[str, Preset] = {
     "ode": Preset(
@@ -80,6 +106,23 @@ PRESETS: dict[str, Preset] = {
         "lenet5-adv", "lenet5", {},
         Recipe(epochs=20, lr=2e-3, seed=0, adv="pgd", adv_eps=0.3, adv_steps=10, adv_warmup=2, adv_ramp=4),
         "LeNet-5, PGD adversarial training (Madry et al.: L∞ ε=0.3 reached over a 4-epoch ramp, 10 steps)"),
+    "ode-cert-0.1": Preset(
+        "ode-cert-0.1", "ode", _CERT_ODE, _CERT_RECIPE,
+        "ODE-net, verifiable field, 16 channels, Euler 2 steps, IBP-trained at ε=0.11 (certified at 0.1)",
+        cert=_cert(0.1)),
+    "ode-cert-0.3": Preset(
+        "ode-cert-0.3", "ode", _CERT_ODE, _CERT_RECIPE,
+        "ODE-net, verifiable field, 16 channels, Euler 2 steps, IBP-trained at ε=0.33 (certified at 0.3)",
+        cert=_cert(0.3)),
+    "resnet-cert-0.1": Preset(
+        "resnet-cert-0.1", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False, "field": "verifiable"},
+        _CERT_RECIPE,
+        "ResNet matched to `ode-cert-0.1` (2 independent blocks, step s=0.5 = its Euler steps), same IBP recipe",
+        cert=_cert(0.1)),
+    "lenet5-cert-0.1": Preset(
+        "lenet5-cert-0.1", "lenet5", {}, _CERT_RECIPE,
+        "LeNet-5 (ReLU, max-pool), IBP-trained at ε=0.11 (certified at 0.1), same recipe",
+        cert=_cert(0.1)),
 }
 
 
@@ -114,7 +157,7 @@ def load_with_metadata(name: str, device: str | torch.device = "cpu") -> tuple[C
     path = ZOO_DIR / f"{name}.pt"
     if not path.exists():
         raise UnknownModelError(
-            f"zoo model {name!r} has no checkpoint yet; train it with `python -m models train --preset {name}`"
+            f"zoo model {name!r} has no checkpoint yet; train it with `{PRESETS[name].train_command}`"
         )
     return load_checkpoint(path, device)
 
@@ -158,8 +201,9 @@ def resolve(spec: str, device: str | torch.device = "cpu",
     if spec in PRESETS:
         return load_with_metadata(spec, device)
     p = Path(spec)
-    if p.suffix in (".pt", ".json") or p.with_suffix(".pt").exists() or os.sep in spec:
-        if not (p.exists() or p.with_suffix(".pt").exists()):
+    pt = Path(spec + ".pt")  # a dotted stem (runs/ode-cert-0.1) keeps its name
+    if p.suffix in (".pt", ".json") or pt.exists() or os.sep in spec:
+        if not (p.exists() or pt.exists()):
             raise UnknownModelError(f"no checkpoint at {spec!r}")
         return load_checkpoint(p, device)
     raise UnknownModelError(f"unknown model {spec!r}: not a zoo name ({', '.join(PRESETS)}), a checkpoint path "

@@ -38,7 +38,7 @@ from torch import nn
 from .run import (ExampleCertifier, ExampleRecord, RunConfigError, RunSpec, append_record, certify_run, join_shards,
                   prepare_run, read_records, results_path, resume_ratios, shard_todo, write_summary)
 
-__all__ = ["BACKENDS", "Backend", "DaskCluster", "LocalProcesses", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "DaskCluster", "LocalProcesses", "certify_parallel", "make_backend"]
 
 
 class Backend(Protocol):
@@ -245,3 +245,34 @@ def make_backend(name: str, address: str | None = None) -> LocalProcesses | Dask
     if address is not None and ("://" not in address or not address.split("://", 1)[1]):
         raise RunConfigError(f"--address must look like tcp://host:8786, got {address!r}")
     return DaskCluster(address)
+
+
+def certify_parallel(spec: RunSpec, out: str | os.PathLike[str], model: nn.Module, x: torch.Tensor,
+                     y: torch.Tensor, *, backend: Backend | None = None, resume: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
+    """Every example of ``spec`` in ``spec.jobs`` lanes on a backend; the lanes' files are then merged.
+
+    Lane k certifies shard k/jobs in order into ``results-k-of-jobs.jsonl`` (one lane:
+    ``results.jsonl``), so an interrupted run resumes (``resume=True``, same ``jobs``) without
+    losing or repeating an example, on either backend; ``results.jsonl`` and the summary are the
+    merge. The local backend spawns processes, which import the calling script again: call this
+    from under ``if __name__ == "__main__":`` in a script (``python -m verify certify`` needs nothing).
+
+    Args:
+        spec: the run; ``spec.shard`` must be (1, 1).
+        out, model, x, y, resume: as for :func:`certify_run`.
+        backend: :class:`~verify._backends.LocalProcesses` (default) or
+            :class:`~verify._backends.DaskCluster`.
+        progress: a tqdm bar over all examples.
+
+    Returns:
+        the merged summary.
+
+    Raises:
+        RunConfigError: a sharded spec, an existing run without ``resume`` or with another configuration.
+        CertifyError: an adaptive solver without ``spec.fixed_steps``.
+    """
+    if spec.shard != (1, 1):
+        raise RunConfigError("--jobs runs every shard on this machine: give --jobs or --shard, not both")
+    backend = backend if backend is not None else LocalProcesses()
+    return backend.run(spec, Path(out), model, x[: spec.n], y[: spec.n], resume=resume, progress=progress)

@@ -9,10 +9,10 @@ from typing import Any
 
 from models.cli_support import add_model_arguments, resolve_device
 
-from ._backends import BACKENDS, make_backend
 from ._cmd_attack import _solver_spec
 from .certify import METHODS
-from .run import RunConfigError, RunSpec, certify_parallel, certify_run, finished_examples, parse_shard
+from ._backends import BACKENDS, certify_parallel, make_backend
+from .run import RunConfigError, RunSpec, certify_run, finished_examples, parse_shard
 
 
 def _eps(text: str) -> float:

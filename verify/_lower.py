@@ -22,6 +22,7 @@ solver accepted on one clean input, the last read from torchdiffeq's interpolant
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
@@ -265,23 +266,19 @@ def _record_steps(model: nn.Module, blocks: Sequence[ODEBlock], x: torch.Tensor
     torchdiffeq steps until a step ends at or beyond T and reads y(T) from that step's
     interpolant at θ = (T − t0)/dt, so the last step keeps its size and carries θ.
     """
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for b in blocks:
+            stack.enter_context(b.recording())
+        model(x)
+    out = {}
     for b in blocks:
-        b.record_steps = True
-    try:
-        with torch.no_grad():
-            model(x)
-        out = {}
-        for b in blocks:
-            T, steps = b.solver.T, []
-            for t0, dt in b.accepted_steps:
-                steps.append((t0, dt, 1.0 if t0 + dt <= T else (T - t0) / dt))
-                if t0 + dt >= T:
-                    break
-            out[id(b)] = tuple(steps)
-        return out
-    finally:
-        for b in blocks:
-            b.record_steps = False
+        T, steps = b.solver.T, []
+        for t0, dt in b.accepted_steps:
+            steps.append((t0, dt, 1.0 if t0 + dt <= T else (T - t0) / dt))
+            if t0 + dt >= T:
+                break
+        out[id(b)] = tuple(steps)
+    return out
 
 
 def _parts(module: nn.Module, where: str, recorded: dict, top: bool = False) -> Iterator[Part]:

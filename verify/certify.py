@@ -172,6 +172,8 @@ class Certifier:
         fixed_steps: for an adaptive ODE solver, certify its fixed-step surrogate on
             ``x_clean`` (every result then says :data:`~verify.unroll.COVERS_SURROGATE`);
             without it an adaptive solver is refused.
+        ir: the model's IR when the caller has lowered it already (``lower(model, x_clean,
+            fixed_steps)``), so that several methods share one lowering.
 
     Raises:
         CertifyError: unknown norm, method or engine; an adaptive solver without ``fixed_steps``.
@@ -180,7 +182,7 @@ class Certifier:
 
     def __init__(self, model: nn.Module, norm: str = "inf", method: str = "crown", batch_size: int = 1,
                  x_clean: torch.Tensor | None = None, bound_opts: dict[str, Any] | None = None,
-                 engine: str = "auto", fixed_steps: bool = False) -> None:
+                 engine: str = "auto", fixed_steps: bool = False, *, ir: Lowered | None = None) -> None:
         self.norm, self.method = check_norm(norm), check_method(method)
         if engine not in ENGINES:
             raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -191,8 +193,8 @@ class Certifier:
         if self.adaptive and (x_clean is None or x_clean.dim() != 4 or x_clean.shape[0] != 1):
             raise CertifyError("the fixed-step surrogate of an adaptive solver needs one clean input x_clean "
                                "of shape (1, C, H, W)")
-        #: the lowered model every bound is computed on.
-        self.ir = lower(model, x_clean, fixed_steps)
+        #: the lowered model every bound is computed on (given: the caller's, e.g. shared by methods).
+        self.ir = ir if ir is not None else lower(model, x_clean, fixed_steps)
         self.bounds: Engine = make_engine(self.ir, self.norm, self.method, batch_size, bound_opts, engine)
         #: what the certificates hold for.
         self.covers = self.ir.covers

@@ -4,7 +4,7 @@ A run is described by one :class:`RunSpec` (its ``config.json``) and produces on
 :class:`ExampleRecord` per example, appended to ``results[-k-of-N].jsonl`` as one JSON line
 and flushed + fsynced, so a run killed at any point loses at most the examples in progress;
 ``resume=True`` skips the indices already written after checking that the configuration is
-the same. :func:`certify_run` certifies one shard in this process; :func:`certify_parallel`
+the same. :func:`certify_run` certifies one shard in this process; :func:`verify._backends.certify_parallel`
 spreads the lanes of a run over local processes or a Dask cluster (:mod:`verify._backends`).
 
 References:
@@ -21,7 +21,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,11 +29,9 @@ from torch import nn
 from ._runspec import (DEFAULT_EPS, EPS_MAX, ExampleRecord, MethodRecord, RunConfigError, RunSpec,
                        parse_shard)
 from .certify import METHODS, Certifier, check_adaptive
+from ._lower import lower
 from .compare import empirical_radius, measured_growth, ratio, soundness_flags, summarize, summary_table
 from .unroll import is_adaptive
-
-if TYPE_CHECKING:
-    from ._backends import Backend
 
 
 def results_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -154,14 +152,19 @@ class ExampleCertifier:
         self.adaptive = is_adaptive(model)
         #: per method, radius / clean margin of the examples certified so far.
         self.ratios: dict[str, list[float]] = {m: [] for m in spec.methods}
-        self._fixed = {} if self.adaptive else {m: Certifier(model, spec.norm, m, engine=spec.engine)
+        #: the model lowered once (an adaptive solver: per example, see :meth:`_certifiers`).
+        self.ir = None if self.adaptive else lower(model)
+        self._fixed = {} if self.adaptive else {m: Certifier(model, spec.norm, m, engine=spec.engine, ir=self.ir)
                                                 for m in spec.methods}
 
     def _certifiers(self, xi: torch.Tensor) -> dict[str, Certifier]:
-        """One certifier per method with the lane's ratios; an adaptive solver's surrogate is per example."""
+        """One certifier per method with the lane's ratios; an adaptive solver's surrogate is lowered
+        once per example (the steps accepted on it) and shared by the methods."""
         spec = self.spec
+        if self.adaptive:
+            self.ir = lower(self.model, xi, fixed_steps=True)
         certs = self._fixed or {m: Certifier(self.model, spec.norm, m, x_clean=xi, engine=spec.engine,
-                                             fixed_steps=True) for m in spec.methods}
+                                             fixed_steps=True, ir=self.ir) for m in spec.methods}
         for m, cert in certs.items():
             cert.search_ratios[:] = self.ratios[m]
         return certs
@@ -175,7 +178,7 @@ class ExampleCertifier:
             r_emp, x_adv = empirical_radius(covered, xi, yi, self.spec.norm, self.spec.seed)
             emp = float(r_emp[0])
             if math.isfinite(emp):
-                growth = measured_growth(self.model, xi, x_adv[:1])
+                growth = measured_growth(self.model, xi, x_adv[:1], self.ir)
         return emp, growth, time.perf_counter() - start
 
     def _search(self, cert: Certifier, m: str, xi: torch.Tensor, yi: torch.Tensor, emp: float) -> MethodRecord:
@@ -262,39 +265,6 @@ def certify_run(spec: RunSpec, out: str | os.PathLike[str], model: nn.Module, x:
     return write_summary(out, read_records(path), spec.methods, spec.eps, spec.shard)
 
 
-def certify_parallel(spec: RunSpec, out: str | os.PathLike[str], model: nn.Module, x: torch.Tensor,
-                     y: torch.Tensor, *, backend: Backend | None = None, resume: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
-    """Every example of ``spec`` in ``spec.jobs`` lanes on a backend; the lanes' files are then merged.
-
-    Lane k certifies shard k/jobs in order into ``results-k-of-jobs.jsonl`` (one lane:
-    ``results.jsonl``), so an interrupted run resumes (``resume=True``, same ``jobs``) without
-    losing or repeating an example, on either backend; ``results.jsonl`` and the summary are the
-    merge. The local backend spawns processes, which import the calling script again: call this
-    from under ``if __name__ == "__main__":`` in a script (``python -m verify certify`` needs nothing).
-
-    Args:
-        spec: the run; ``spec.shard`` must be (1, 1).
-        out, model, x, y, resume: as for :func:`certify_run`.
-        backend: :class:`~verify._backends.LocalProcesses` (default) or
-            :class:`~verify._backends.DaskCluster`.
-        progress: a tqdm bar over all examples.
-
-    Returns:
-        the merged summary.
-
-    Raises:
-        RunConfigError: a sharded spec, an existing run without ``resume`` or with another configuration.
-        CertifyError: an adaptive solver without ``spec.fixed_steps``.
-    """
-    from ._backends import LocalProcesses
-
-    if spec.shard != (1, 1):
-        raise RunConfigError("--jobs runs every shard on this machine: give --jobs or --shard, not both")
-    backend = backend if backend is not None else LocalProcesses()
-    return backend.run(spec, Path(out), model, x[: spec.n], y[: spec.n], resume=resume, progress=progress)
-
-
 def write_summary(out: Path, records: list[dict[str, Any]], methods: Sequence[str], eps_list: Sequence[float],
                   shard: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     """Summarize records into ``summary*.json`` and ``summary*.md`` in ``out``."""
@@ -358,6 +328,6 @@ def finished_examples(out: str | os.PathLike[str]) -> int:
 
 
 __all__ = ["DEFAULT_EPS", "EPS_MAX", "METHODS", "ExampleCertifier", "ExampleRecord", "MethodRecord",
-           "RunConfigError", "RunSpec", "append_record", "certify_parallel", "certify_run", "finished_examples",
+           "RunConfigError", "RunSpec", "append_record", "certify_run", "finished_examples",
            "join_shards", "merge_run", "parse_shard", "peak_memory_mb", "prepare_run", "read_example_records",
            "read_records", "results_path", "resume_ratios", "shard_todo", "write_summary"]

@@ -8,7 +8,8 @@ import torch
 
 from models import ODENet, SolverConfig
 from verify._backends import DaskCluster, LocalProcesses, make_backend
-from verify.run import RunConfigError, RunSpec, certify_parallel, read_records
+from verify._backends import certify_parallel
+from verify.run import RunConfigError, RunSpec, read_records
 
 pytest.importorskip("distributed")
 

@@ -9,7 +9,8 @@ import torch
 
 from models import ODENet, SolverConfig
 from verify.cli import main
-from verify.run import RunConfigError, RunSpec, certify_parallel, certify_run, merge_run, read_records
+from verify._backends import certify_parallel
+from verify.run import RunConfigError, RunSpec, certify_run, merge_run, read_records
 
 
 class _Stop(Exception):

@@ -121,3 +121,38 @@ def test_an_adaptive_user_block_is_refused_and_its_surrogate_replays_the_solver(
     res = certify(net, x, y, 0.01, fixed_steps=True)
     assert res.covers == "fixed-step surrogate, not the deployed solver"
     assert lower(net, x, fixed_steps=True).adaptive_distance <= 1e-5
+
+
+FACTORY = '''
+import torch
+from torch import nn
+from models import ConcatConv2d, ODEBlock, SolverConfig
+
+
+def make():
+    field = nn.Sequential(ConcatConv2d(2, 2), nn.ReLU(), ConcatConv2d(2, 2))
+    return nn.Sequential(nn.Conv2d(1, 2, 4, stride=4), nn.ReLU(), ODEBlock(field, SolverConfig.fixed("euler", 2)),
+                         nn.Flatten(), nn.Linear(2 * 7 * 7, 10))
+'''
+
+
+def test_certify_cli_takes_a_python_factory_and_its_weights(tmp_path, capsys):
+    from verify.cli import main
+    from verify.run import read_records
+
+    src = tmp_path / "net.py"
+    src.write_text(FACTORY)
+    ns: dict = {}
+    exec(FACTORY, ns)
+    torch.manual_seed(0)
+    torch.save(ns["make"]().state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "run"
+    rc = main(["certify", "--model", f"{src}:make", "--weights", str(tmp_path / "w.pt"), "--n", "2",
+               "--no-attack", "--out", str(out)])
+    assert rc == 0
+    recs = read_records(out / "results.jsonl")
+    assert len(recs) == 2 and recs[0]["certificate_covers"] == "the deployed model" and "crown" in recs[0]["methods"]
+    capsys.readouterr()
+    assert main(["certify", "--model", f"{src}:nothing", "--n", "1", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "defines no function 'nothing'" in err[0]
