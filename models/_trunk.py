@@ -2,7 +2,8 @@
 
 The stem downsamples 28x28 to 7x7 with two stride-2 convolutions (Chen et al.'s
 downsampling layers); the chen variant adds the 3x3 input convolution and GroupNorm as
-in their code. The head is ReLU, average pooling, flatten and a linear layer.
+in their code. The head is ReLU, average pooling, flatten and a linear layer (optionally a hidden linear
+layer and ReLU before it).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def trunk_feature_size(input_size: int) -> int:
     return feature_size(input_size, 2)
 
 
-def make_head(channels: int, size: int, pool: int, num_classes: int, norm: bool) -> nn.Sequential:
-    """[GroupNorm] -> ReLU -> AvgPool(pool) -> Flatten -> Linear.
+def make_head(channels: int, size: int, pool: int, num_classes: int, norm: bool, hidden: int = 0) -> nn.Sequential:
+    """[GroupNorm] -> ReLU -> AvgPool(pool) -> Flatten -> [Linear(hidden) -> ReLU] -> Linear.
 
     Raises:
         ValueError: ``pool`` does not divide the feature-map size.
@@ -51,5 +52,11 @@ def make_head(channels: int, size: int, pool: int, num_classes: int, norm: bool)
     layers += [nn.ReLU()]
     if pool > 1:
         layers.append(nn.AvgPool2d(pool))
-    layers += [nn.Flatten(), nn.Linear(channels * (size // pool) ** 2, num_classes)]
+    if hidden < 0:
+        raise ValueError(f"head_hidden must be >= 0, got {hidden}")
+    features = channels * (size // pool) ** 2
+    layers.append(nn.Flatten())
+    if hidden:
+        layers += [nn.Linear(features, hidden), nn.ReLU()]
+    layers.append(nn.Linear(hidden or features, num_classes))
     return nn.Sequential(*layers)

@@ -151,6 +151,7 @@ class ODENet(Classifier):
         solver: solver config (dict form accepted, as stored in checkpoints).
         time_channel: time plane in the verifiable field (the chen field always has one).
         head_pool: average-pool kernel of the head (1 keeps the 7x7 map, 7 pools globally).
+        head_hidden: width of a hidden linear layer (and ReLU) in the head, 0 for none.
         in_channels, input_size, num_classes: see :class:`~models.base.Classifier`.
     """
 
@@ -163,6 +164,7 @@ class ODENet(Classifier):
         solver: SolverConfig | dict[str, Any] | None = None,
         time_channel: bool = False,
         head_pool: int = 1,
+        head_hidden: int = 0,
         in_channels: int = 1,
         input_size: int = 28,
         num_classes: int = 10,
@@ -175,11 +177,13 @@ class ODENet(Classifier):
         self.field_kind = field
         self.time_channel = time_channel
         self.head_pool = head_pool
+        self.head_hidden = head_hidden
         norm = field == "chen"
         field_kwargs = {} if norm else {"time_channel": time_channel}
         self.stem = make_stem(in_channels, channels, norm)
         self.block = ODEBlock(make_field(field, channels, **field_kwargs), solver)
-        self.head = make_head(channels, trunk_feature_size(input_size), head_pool, num_classes, norm)
+        self.head = make_head(channels, trunk_feature_size(input_size), head_pool, num_classes, norm,
+                              head_hidden)
 
     @property
     def solver(self) -> SolverConfig:
@@ -201,7 +205,7 @@ class ODENet(Classifier):
         return self.head(self.block(self.stem(x)))
 
     def config(self) -> dict[str, Any]:
-        return {
+        out = {
             "channels": self.channels,
             "field": self.field_kind,
             "solver": self.solver.to_dict(),
@@ -211,3 +215,4 @@ class ODENet(Classifier):
             "input_size": self.input_size,
             "num_classes": self.num_classes,
         }
+        return {**out, "head_hidden": self.head_hidden} if self.head_hidden else out

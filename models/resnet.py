@@ -30,7 +30,7 @@ class ResNet(Classifier):
         tied: share one vector field across blocks (then the Euler ODE-net with s = T/n).
         field: vector field kind, ``"verifiable"`` or ``"chen"``.
         time_channel: time plane in the verifiable field; block k sees t = k·s.
-        head_pool: see :class:`~models.odenet.ODENet`.
+        head_pool, head_hidden: see :class:`~models.odenet.ODENet`.
         in_channels, input_size, num_classes: see :class:`~models.base.Classifier`.
 
     Raises:
@@ -48,6 +48,7 @@ class ResNet(Classifier):
         field: str = "verifiable",
         time_channel: bool = False,
         head_pool: int = 1,
+        head_hidden: int = 0,
         in_channels: int = 1,
         input_size: int = 28,
         num_classes: int = 10,
@@ -59,12 +60,14 @@ class ResNet(Classifier):
             raise ValueError(f"step size s must be positive, got {step}")
         self.channels, self.n_blocks, self.step, self.tied = channels, n_blocks, step, tied
         self.field_kind, self.time_channel, self.head_pool = field, time_channel, head_pool
+        self.head_hidden = head_hidden
         norm = field == "chen"
         field_kwargs = {} if norm else {"time_channel": time_channel}
         self.stem = make_stem(in_channels, channels, norm)
         n_fields = 1 if tied else n_blocks
         self.fields = nn.ModuleList(make_field(field, channels, **field_kwargs) for _ in range(n_fields))
-        self.head = make_head(channels, trunk_feature_size(input_size), head_pool, num_classes, norm)
+        self.head = make_head(channels, trunk_feature_size(input_size), head_pool, num_classes, norm,
+                              head_hidden)
 
     def block_field(self, k: int) -> nn.Module:
         """The vector field used by block k."""
@@ -78,9 +81,10 @@ class ResNet(Classifier):
         return self.head(h)
 
     def config(self) -> dict[str, Any]:
-        return {
+        out = {
             "channels": self.channels, "n_blocks": self.n_blocks, "step": self.step,
             "tied": self.tied, "field": self.field_kind, "time_channel": self.time_channel,
             "head_pool": self.head_pool, "in_channels": self.in_channels,
             "input_size": self.input_size, "num_classes": self.num_classes,
         }
+        return {**out, "head_hidden": self.head_hidden} if self.head_hidden else out

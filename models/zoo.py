@@ -69,7 +69,7 @@ _ODE_SOLVER = SolverConfig.fixed("rk4", 4, T=1.0).to_dict()
 #: Adam 5e-4 without weight decay, no augmentation, gradients clipped at norm 10.
 _CERT_RECIPE = Recipe(epochs=80, batch_size=128, lr=5e-4, weight_decay=0.0, schedule="cosine", shift=0, seed=0,
                       grad_clip=10.0)
-_CERT_ODE = {"channels": 16, "field": "verifiable", "time_channel": False,
+_CERT_ODE = {"channels": 16, "field": "verifiable", "time_channel": False, "head_hidden": 100,
              "solver": SolverConfig.fixed("euler", 2, T=1.0).to_dict()}
 
 
@@ -108,14 +108,15 @@ PRESETS: dict[str, Preset] = {
         "LeNet-5, PGD adversarial training (Madry et al.: L∞ ε=0.3 reached over a 4-epoch ramp, 10 steps)"),
     "ode-cert-0.1": Preset(
         "ode-cert-0.1", "ode", _CERT_ODE, _CERT_RECIPE,
-        "ODE-net, verifiable field, 16 channels, Euler 2 steps, IBP-trained at ε=0.11 (certified at 0.1)",
+        "ODE-net, verifiable field, 16 channels, Euler 2 steps, 100-unit head, IBP-trained at ε=0.11 (certified at 0.1)",
         cert=_cert(0.1)),
     "ode-cert-0.3": Preset(
         "ode-cert-0.3", "ode", _CERT_ODE, _CERT_RECIPE,
-        "ODE-net, verifiable field, 16 channels, Euler 2 steps, IBP-trained at ε=0.33 (certified at 0.3)",
+        "ODE-net, verifiable field, 16 channels, Euler 2 steps, 100-unit head, IBP-trained at ε=0.33 (certified at 0.3)",
         cert=_cert(0.3)),
     "resnet-cert-0.1": Preset(
-        "resnet-cert-0.1", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False, "field": "verifiable"},
+        "resnet-cert-0.1", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False, "field": "verifiable",
+                                 "head_hidden": 100},
         _CERT_RECIPE,
         "ResNet matched to `ode-cert-0.1` (2 independent blocks, step s=0.5 = its Euler steps), same IBP recipe",
         cert=_cert(0.1)),
