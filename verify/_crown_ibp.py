@@ -30,8 +30,10 @@ from torch import nn
 
 from models.fields import ConcatConv2d
 
-from ._ibp import Box, interval_sum, input_box, op_box, spec_matrix
+from ._ibp import Box, interval_sum, input_box, op_box
 from ._lower import Flow, Layers, Lowered, Op, Step, UnsupportedLayerError
+from ._spec import spec_matrix
+from .crown import relu_relaxation
 
 Linear = tuple[torch.Tensor, torch.Tensor]  # (A: (N, S, *shape), bias: (N, S))
 
@@ -73,26 +75,15 @@ def _step_forward(flow: Flow, step: Step, box: Box) -> tuple[Box, dict[int, list
 
 
 # ---- backward: the linear bound A·h + bias of the margins, pushed towards the input ------------
-def _relu_relaxation(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lower slope, upper slope, upper intercept) of ReLU on [lo, hi]."""
-    active, inactive = lo >= 0, hi <= 0
-    unstable = ~(active | inactive)
-    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-    up = torch.where(unstable, hi / denom, active.to(lo.dtype))
-    up_b = torch.where(unstable, -up * lo, torch.zeros_like(lo))
-    low = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
-    return low, up, up_b
-
-
 def _op_back(op: nn.Module, lin: Linear, pre: Box, t: float | None) -> Linear:
     A, bias = lin
     n, s = A.shape[:2]
     shape = pre[0].shape[1:]
     if isinstance(op, nn.ReLU):
-        low, up, up_b = _relu_relaxation(*pre)
+        r = relu_relaxation(*pre)  # the dense CROWN engine's relaxation, differentiable in the bounds
         pos, neg = A.clamp(min=0), A.clamp(max=0)
-        bias = bias + (neg * up_b.unsqueeze(1)).flatten(2).sum(2)
-        return pos * low.unsqueeze(1) + neg * up.unsqueeze(1), bias
+        bias = bias + (neg * r.upper_b.unsqueeze(1)).flatten(2).sum(2)
+        return pos * r.lower_d.unsqueeze(1) + neg * (r.lower_d + r.gap).unsqueeze(1), bias
     if isinstance(op, (nn.Flatten, nn.Identity)):
         return A.reshape(n, s, *shape), bias
     if not isinstance(op, (ConcatConv2d, nn.Conv2d, nn.Linear, nn.AvgPool2d)):

@@ -29,6 +29,7 @@ from torch import nn
 from models.fields import ConcatConv2d
 
 from ._lower import Flow, Layers, Lowered, Op, Step, UnsupportedLayerError
+from ._spec import spec_matrix
 
 Box = tuple[torch.Tensor, torch.Tensor]
 
@@ -130,15 +131,6 @@ def part_box(part: Layers | Flow, box: Box) -> Box:
     for step in part.steps:
         box = step_box(part, step, box)
     return box
-
-
-def spec_matrix(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """(N, K-1, K) rows e_y − e_j for j ≠ y in class order (as :func:`verify.spec_matrix`)."""
-    eye = torch.eye(num_classes, dtype=dtype, device=y.device)
-    rows = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (N, K, K): row j = e_y - e_j
-    keep = torch.ones(y.shape[0], num_classes, dtype=torch.bool, device=y.device)
-    keep[torch.arange(y.shape[0], device=y.device), y] = False
-    return rows[keep].view(y.shape[0], num_classes - 1, num_classes)
 
 
 def split_last_linear(ir: Lowered) -> tuple[list[Layers | Flow], nn.Linear | None]:

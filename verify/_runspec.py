@@ -15,7 +15,7 @@ from typing import Any
 
 from models.solver import SolverConfig
 
-from .certify import ENGINES, CertifyError, check_method, check_norm
+from .certify import CertifyError, check_engine, check_method, check_norm
 
 #: default ε grid of the summary table and search ceilings, per norm. The L2 grid brackets what CROWN
 #: certifies on the zoo models (median 0.059 on resnet) and what CW finds (median 0.95 there).
@@ -120,8 +120,10 @@ class RunSpec:
         for name in ("attack", "fixed_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise RunConfigError(f"RunSpec.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.engine not in ENGINES:
-            raise RunConfigError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        try:
+            check_engine(self.engine)
+        except CertifyError as err:
+            raise RunConfigError(str(err)) from None
         solver = SolverConfig.from_dict(dict(self.solver)) if isinstance(self.solver, Mapping) else self.solver
         if solver is not None and not isinstance(solver, SolverConfig):
             raise RunConfigError(f"RunSpec.solver must be a SolverConfig, got {type(solver).__name__}")

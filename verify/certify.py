@@ -52,6 +52,7 @@ from ._lirpa import LIRPA_METHODS, Lirpa
 from ._lower import COVERS_DEPLOYED, Lowered, LoweredModule, adaptive_refusal, is_adaptive, lower
 from ._search import RadiusResult as RadiusResult
 from ._search import search_radius
+from ._spec import spec_matrix as spec_matrix
 from .crown import GraphError
 from .engines import DenseCrown, Engine, LipschitzMargin, Reference
 from .unroll import Unrolled
@@ -102,6 +103,13 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_engine(engine: str) -> str:
+    """Validate an engine name; raises :class:`CertifyError` otherwise."""
+    if engine not in ENGINES:
+        raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    return engine
+
+
 def check_adaptive(model: nn.Module, method: str, fixed_steps: bool) -> None:
     """Refuse to certify an adaptive solver, unless its fixed-step surrogate is asked for.
 
@@ -119,14 +127,6 @@ def check_adaptive(model: nn.Module, method: str, fixed_steps: bool) -> None:
                            "use ibp, crown, alpha-crown or forward")
 
 
-def spec_matrix(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """C of shape (N, K-1, K): rows e_y − e_j for j ≠ y."""
-    eye = torch.eye(num_classes, dtype=torch.float32, device=y.device)
-    rows = eye[y].unsqueeze(1) - eye.unsqueeze(0)
-    keep = ~torch.eye(num_classes, dtype=torch.bool, device=y.device)[y]
-    return rows[keep].view(y.shape[0], num_classes - 1, num_classes)
-
-
 def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
                 bound_opts: dict[str, Any] | None = None, engine: str = "auto") -> Engine:
     """The engine that computes ``method`` on the IR.
@@ -138,8 +138,7 @@ def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
     Raises:
         CertifyError: an unknown engine; auto_LiRPA options for the dense engine.
     """
-    if engine not in ENGINES:
-        raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    check_engine(engine)
     if method == "lipschitz":
         return LipschitzMargin(ir, norm)
     if method == "crown" and engine == "auto":
@@ -184,8 +183,7 @@ class Certifier:
                  x_clean: torch.Tensor | None = None, bound_opts: dict[str, Any] | None = None,
                  engine: str = "auto", fixed_steps: bool = False, *, ir: Lowered | None = None) -> None:
         self.norm, self.method = check_norm(norm), check_method(method)
-        if engine not in ENGINES:
-            raise CertifyError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        check_engine(engine)
         self.model = model.eval()
         check_adaptive(model, self.method, fixed_steps)
         #: True when this certifies the fixed-step surrogate of an adaptive solver.

@@ -66,7 +66,7 @@ class _Relax:
         return out, neg @ self.upper_b
 
 
-def _relaxation(lower: torch.Tensor, upper: torch.Tensor) -> _Relax:
+def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor) -> _Relax:
     """auto_LiRPA's CROWN ReLU relaxation ("adaptive" lower slope), elementwise."""
     lb_r = lower.clamp(max=0)
     ub_r = torch.maximum(upper.clamp(min=0), lb_r + 1e-8)
@@ -117,7 +117,7 @@ class Crown:
         self._ibp: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for relu, p in g.relus:
             self.bounds[p] = self._bound_node(p, reference)
-            self._relax[relu] = _relaxation(*self.bounds[p])
+            self._relax[relu] = relu_relaxation(*self.bounds[p])
         start = {g.output: C.to(x.dtype)}
         return self._backward(start, C.shape[0])
 

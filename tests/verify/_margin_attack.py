@@ -59,3 +59,4 @@ def min_margins(model: nn.Module, x: torch.Tensor, y: int, eps: float, norm: str
             out = model(xa)
             best = torch.minimum(best, out[idx, y] - out[idx, js])
     return best
+

@@ -4,23 +4,16 @@ resumable files; bad --backend / --address combinations exit 2 with one line."""
 import dataclasses
 
 import pytest
-import torch
 
-from models import ODENet, SolverConfig
-from verify._backends import DaskCluster, LocalProcesses, make_backend
-from verify._backends import certify_parallel
+from verify._backends import DaskCluster, LocalProcesses, certify_parallel, make_backend
 from verify.run import RunConfigError, RunSpec, read_records
+
+from tests.verify._fixtures import tiny_run_setup
 
 pytest.importorskip("distributed")
 
 
-def _setup():
-    torch.manual_seed(0)
-    net = ODENet(channels=2, solver=SolverConfig.fixed("euler", 2), input_size=8).eval()
-    x = torch.rand(4, 1, 8, 8)
-    y = net(x).argmax(1)
-    y[3] = (y[3] + 1) % 10  # one misclassified example
-    return net, x, y
+_setup = tiny_run_setup
 
 
 SPEC = RunSpec(model="test", methods=("ibp", "crown"), n=4, eps=(0.01,), attack=False, jobs=2)

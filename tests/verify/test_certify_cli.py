@@ -5,25 +5,19 @@ import json
 import math
 
 import pytest
-import torch
 
-from models import ODENet, SolverConfig
-from verify.cli import main
 from verify._backends import certify_parallel
+from verify.cli import main
 from verify.run import RunConfigError, RunSpec, certify_run, merge_run, read_records
+
+from tests.verify._fixtures import tiny_run_setup
 
 
 class _Stop(Exception):
     pass
 
 
-def _setup():
-    torch.manual_seed(0)
-    net = ODENet(channels=2, solver=SolverConfig.fixed("euler", 2), input_size=8).eval()
-    x = torch.rand(4, 1, 8, 8)
-    y = net(x).argmax(1)
-    y[3] = (y[3] + 1) % 10  # one misclassified example
-    return net, x, y
+_setup = tiny_run_setup
 
 
 SPEC = RunSpec(model="test", norm="inf", methods=("ibp", "crown"), n=4, eps=(0.01,), attack=False)
