@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -309,3 +309,47 @@ def integrate(field: Field, y0: torch.Tensor, rule: CASRule, h0: float | None = 
             y = y.index_copy(0, dst, y_new.index_select(0, sel))
             if fsal:
                 k0 = k0.index_copy(0, dst, k_last.index_select(0, sel))
+
+
+def initial_step(field: Field, y0: torch.Tensor, rule: CASRule) -> float:
+    """GAINS's initial step of a training batch (its ``_select_initial_step_mod``), the statistic
+    its ODE block averages into ``running_mean_step``.
+
+    With the batch means ``d0 = Σ|y0| / (atol·N)`` and ``d1 = Σ|f(0, y0)| / (atol·N)``, a trial step
+    ``h = 0.01·d0/d1`` (1e-5 when either is below 1e-5) gives the largest per-example error ratio
+    ``r``; the result is ``h · min(10, max(0.9 / r^(1/(p−1)), 1 if r < 1 else 0.2))`` (``h·10`` when
+    ``r = 0``; ``p`` the tableau's order), clipped to T. No gradient flows through it.
+
+    Args:
+        field: f(t, y).
+        y0: the batch of initial states (N, ...).
+        rule: the rule (its tolerances, tableau and T).
+
+    Returns:
+        the first step, a float in (0, T].
+    """
+    with torch.no_grad():
+        tab = rule.butcher
+        f0 = field(torch.tensor(0.0, dtype=y0.dtype, device=y0.device), y0)
+        scale = rule.atol * y0.shape[0]
+        d0, d1 = float(y0.abs().sum()) / scale, float(f0.abs().sum()) / scale
+        h = 1e-5 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        y1, err, _ = rk_step(field, tab, 0.0, h, y0, f0)
+        ratio = float(error_ratio(y0, y1, err, rule.atol, rule.rtol).max())
+    if ratio == 0:
+        factor = 10.0
+    else:
+        factor = min(10.0, max(0.9 / ratio ** (1.0 / max(1, tab.order - 1)), 1.0 if ratio < 1 else 0.2))
+    return min(h * factor, rule.T)
+
+
+def running_mean(previous: float, statistic: float) -> float:
+    """GAINS's running mean of the first step: ``clamp(0.9·previous + 0.1·statistic, 0, 1)``."""
+    return min(1.0, max(0.0, 0.9 * previous + 0.1 * statistic))
+
+
+def rule_for(solver: Any) -> CASRule:
+    """The :class:`CASRule` of a CAS :class:`~models.solver.SolverConfig` (``cas-<pair>``; its
+    ``step_size`` is h0, None: learned)."""
+    return CASRule(tableau=solver.method.removeprefix("cas-"), atol=solver.atol, rtol=solver.rtol, h0=solver.step_size,
+                   T=solver.T, max_steps=solver.max_steps)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .cli_support import OneLineArgumentParser, add_model_arguments, resolve_device, run_main, solver_spec, subparsers
-from .solver import ADAPTIVE_METHODS, SolverConfig
+from .solver import ADAPTIVE_METHODS, CAS_METHODS, SolverConfig
 from .train import Adversary, Recipe, accuracy, git_commit, save_checkpoint, train
 
 
@@ -34,6 +34,13 @@ def _solver_override(base: SolverConfig, args: argparse.Namespace) -> SolverConf
     """
     method, value = args.solver or (base.method, None)
     T = args.T if args.T is not None else base.T
+    if method in CAS_METHODS:  # VALUE / --tol is the atol; a CAS keeps its rtol and h0 (learned or fixed)
+        if value is not None and args.tol is not None and value != args.tol:
+            raise ValueError(f"--solver {method}:{value:g} and --tol {args.tol:g} disagree; give the tolerance once")
+        tol = value if value is not None else args.tol
+        keep = base.is_cas
+        return SolverConfig.cas(method, atol=tol if tol is not None else (base.atol if keep else 0.005),
+                                rtol=base.rtol if keep else 0.0, h0=base.step_size if keep else None, T=T)
     if method in ADAPTIVE_METHODS:
         if value is not None and args.tol is not None and value != args.tol:
             raise ValueError(f"--solver {method}:{value:g} and --tol {args.tol:g} disagree; give the tolerance once")

@@ -22,8 +22,8 @@ import torch
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 #: ``--help`` of ``--model`` and ``--weights`` (:func:`add_model_arguments`).
-MODEL_HELP = ("zoo name (ode, lenet5, ...), checkpoint path (STEM.pt with its STEM.json sidecar) or "
-              "Python factory FILE.py:FUNCTION (with --weights)")
+MODEL_HELP = ("zoo name (ode, lenet5, ...), checkpoint path (STEM.pt with its STEM.json sidecar), "
+              "Python factory FILE.py:FUNCTION (with --weights) or gains:PATH (a GAINS MNIST .pth.tar)")
 WEIGHTS_HELP = "state dict (torch.save(model.state_dict(), ...)) for a --model FILE.py:FUNCTION factory"
 
 
@@ -115,8 +115,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = Fals
 def solver_spec(text: str) -> tuple[str, float | None]:
     """argparse type of a solver: ``METHOD`` or ``METHOD:VALUE`` (the one syntax of every CLI).
 
-    VALUE is the number of steps of a fixed-grid method (``rk4:8``) or the tolerance τ of an
-    adaptive one (``dopri5:1e-3``).
+    VALUE is the number of steps of a fixed-grid method (``rk4:8``), the tolerance τ of an
+    adaptive one (``dopri5:1e-3``) or the atol of a controlled adaptive solver (``cas-dopri5:0.005``,
+    rtol 0, learned h0: :meth:`models.solver.SolverConfig.cas`).
 
     Returns:
         (method, value or None).
@@ -130,7 +131,7 @@ def solver_spec(text: str) -> tuple[str, float | None]:
     method, sep, value = text.partition(":")
     if method not in METHODS:
         raise argparse.ArgumentTypeError(f"unknown solver {method!r} in {text!r}; choose one of {', '.join(METHODS)}"
-                                         " (optionally :STEPS or :TOL, e.g. rk4:4, dopri5:1e-3)")
+                                         " (optionally :STEPS or :TOL, e.g. rk4:4, dopri5:1e-3, cas-dopri5:0.005)")
     if not sep:
         return method, None
     try:

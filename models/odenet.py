@@ -36,7 +36,14 @@ class ODEBlock(nn.Module):
         nfe: function evaluations of the last forward solve (the adjoint backward pass is
             not included), counted by the block for any field.
         accepted_steps: list of (t0, dt) of the last adaptive solve when
-            ``record_steps`` is True (fixed grids: the grid steps).
+            ``record_steps`` is True (fixed grids: the grid steps; a controlled adaptive
+            solver: the accepted steps of the batch's first example).
+        steps: per example, the :class:`~models.cas.CASStep` ``(t, h, decision)`` tried by the
+            last solve of a controlled adaptive solver (``SolverConfig.cas``), always recorded.
+        nfe_per_example: per example, the field evaluations of that solve (``nfe`` counts the
+            batched calls, as many as the slowest example's when the batch shares its steps).
+        running_mean_step: buffer (1,) of a CAS with a learned h0 (``step_size`` None): GAINS's
+            running mean of the training batches' initial step, the h0 used in eval mode.
 
     Args:
         field: the vector field f(t, h): any ``nn.Module`` called as ``field(t, h)``, or an
@@ -54,6 +61,42 @@ class ODEBlock(nn.Module):
         self.nfe = 0
         self.record_steps = False
         self.accepted_steps: list[tuple[float, float]] = []
+        self.steps: list[list[Any]] = []
+        self.nfe_per_example: list[int] = []
+        if solver.is_cas and solver.step_size is None:
+            self.register_buffer("running_mean_step", torch.zeros(1))
+
+    def _solve_cas(self, h: torch.Tensor) -> torch.Tensor:
+        """Integrate with the controlled adaptive solver (:mod:`models.cas`), each example on its own steps.
+
+        A learned h0 is the running mean in eval mode; in training mode the batch starts from
+        GAINS's initial step (:func:`models.cas.initial_step`), which updates the running mean.
+
+        Raises:
+            models.cas.CASError: a learned h0 that is still 0 (untrained) in eval mode.
+            SolverStepLimitError: more than ``max_steps`` steps for an example.
+        """
+        from .cas import REJECT, CASStepLimitError, initial_step, integrate, rule_for, running_mean
+
+        rule = rule_for(self.solver)
+        func = _Counted(self.field)
+        h0 = rule.h0
+        if h0 is None:
+            if not hasattr(self, "running_mean_step"):
+                self.register_buffer("running_mean_step", torch.zeros(1, device=h.device))
+            if self.training:
+                h0 = initial_step(func, h, rule)
+                self.running_mean_step.fill_(running_mean(float(self.running_mean_step), h0))
+            else:
+                h0 = min(1.0, max(0.0, float(self.running_mean_step)))
+        try:
+            y, self.steps, self.nfe_per_example = integrate(func, h, rule, h0)
+        except CASStepLimitError as err:
+            raise SolverStepLimitError(str(err)) from err
+        self.nfe = func.calls
+        if self.record_steps:
+            self.accepted_steps = [(s.t, s.h) for s in self.steps[0] if s.decision != REJECT]
+        return y
 
     def _solve(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = self.solver
@@ -96,6 +139,8 @@ class ODEBlock(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """State at t = T, same shape as ``h``."""
+        if self.solver.is_cas:
+            return self._solve_cas(h)
         t = torch.tensor([0.0, self.solver.T], dtype=h.dtype, device=h.device)
         return self._solve(h, t)[-1]
 
@@ -108,7 +153,14 @@ class ODEBlock(nn.Module):
 
         Returns:
             tensor of shape (len(times), N, C, H, W).
+
+        Raises:
+            ValueError: a controlled adaptive solver with times other than (0, T).
         """
+        if self.solver.is_cas:
+            if times is not None and times.tolist() != [0.0, self.solver.T]:
+                raise ValueError(f"{self.solver.describe()} gives its state at T only: times must be (0, T)")
+            return torch.stack([h, self._solve_cas(h)])
         if times is None:
             if self.solver.is_fixed:
                 times = torch.linspace(0.0, self.solver.T, self.solver.n_steps + 1, dtype=h.dtype, device=h.device)

@@ -9,7 +9,8 @@ trained by ``python -m verify train --preset NAME`` instead.
 A ``--model`` is one of: a zoo name; a checkpoint (``<stem>.pt`` state dict and its
 ``<stem>.json`` sidecar naming ``arch`` and ``config``, see :func:`models.train.load_checkpoint`);
 or a Python factory ``FILE.py:FUNCTION`` (any ``nn.Module``), with its weights from a plain
-state dict (``--weights``).
+state dict (``--weights``); or ``gains:PATH``, a checkpoint of GAINS's MNIST ODE-nets
+(:func:`models.gains.load_gains`), deployed with its controlled adaptive solver.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: ``--model gains:PATH`` loads a GAINS checkpoint (:func:`models.gains.load_gains`).
+GAINS_PREFIX = "gains:"
+
+
 class UnknownModelError(ValueError):
     """A name that is neither a zoo model nor an existing checkpoint path."""
 
@@ -146,13 +151,17 @@ def load(name: str, device: str | torch.device = "cpu") -> Classifier:
 
 
 def load_with_metadata(name: str, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """A zoo model and its checkpoint metadata.
+    """A zoo model and its checkpoint metadata (or a GAINS checkpoint, ``gains:PATH``).
 
     Raises:
         UnknownModelError: not a zoo name, or its checkpoint has not been trained.
         NotACheckpointError: the zoo's ``.pt`` file is not a checkpoint (e.g. a Git LFS pointer).
         CheckpointError: the checkpoint is corrupt.
     """
+    if name.startswith(GAINS_PREFIX):
+        from .gains import load_gains
+
+        return load_gains(name[len(GAINS_PREFIX):], device)
     if name not in PRESETS:
         raise UnknownModelError(f"unknown zoo model {name!r}; choose one of {', '.join(PRESETS)}")
     path = ZOO_DIR / f"{name}.pt"
@@ -175,7 +184,8 @@ DEFAULT_NUM_CLASSES = 10
 
 def resolve(spec: str, device: str | torch.device = "cpu",
             weights: str | os.PathLike[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """A model from a zoo name, a checkpoint path (``.pt``/``.json``/stem) or a factory ``FILE.py:FUNCTION``.
+    """A model from a zoo name, a checkpoint path (``.pt``/``.json``/stem), a factory ``FILE.py:FUNCTION``
+    or a GAINS checkpoint ``gains:PATH``.
 
     Args:
         spec: the ``--model`` string.
@@ -196,6 +206,8 @@ def resolve(spec: str, device: str | torch.device = "cpu",
     """
     if is_factory_spec(spec):
         return load_factory(spec, weights, device)
+    if spec.startswith(GAINS_PREFIX) and weights is None:
+        return load_with_metadata(spec, device)
     if weights is not None:
         raise ModelFactoryError(f"--weights {weights} needs --model FILE.py:FUNCTION (a Python factory); "
                                 f"{spec!r} is a zoo name or checkpoint, which carries its own weights")
