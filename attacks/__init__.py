@@ -1,7 +1,8 @@
 """attacks/: adversarial attacks (upper estimates of the robustness radius) and their evaluation.
 
 Public API: the attack classes (:class:`FGSM`, :class:`FGM`, :class:`PGD`, :class:`CW`,
-:class:`DI2FGSM`, :class:`BoundaryAttack`, :class:`EOT`), :class:`LpBall`,
+:class:`DI2FGSM`, :class:`BoundaryAttack`, :class:`EOT`, :class:`APGD`, :class:`APGDT`,
+:class:`Square`, :class:`AutoAttack`), :class:`LpBall`,
 :class:`AttackResult`, :func:`minimal_eps`, :func:`evaluate`, :func:`with_solver` and
 :data:`ATTACKS`, the CLI name -> class map.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 from ._checks import CheckResult as CheckResult
 from ._solver import with_solver as with_solver
+from .apgd import APGD as APGD
+from .apgd import APGDT as APGDT
+from .autoattack import AutoAttack as AutoAttack
 from .base import Attack as Attack
 from .base import AttackError as AttackError
 from .base import AttackResult as AttackResult
@@ -27,6 +31,7 @@ from .norms import NORMS as NORMS
 from .norms import LpBall as LpBall
 from .norms import UnknownNormError as UnknownNormError
 from .pgd import PGD as PGD
+from .square import Square as Square
 
 #: CLI name -> attack class.
 ATTACKS: dict[str, type[Attack]] = {
@@ -36,10 +41,15 @@ ATTACKS: dict[str, type[Attack]] = {
     "cw": CW,
     "di2fgsm": DI2FGSM,
     "boundary": BoundaryAttack,
+    "apgd": APGD,
+    "apgd-t": APGDT,
+    "square": Square,
+    "autoattack": AutoAttack,
 }
 
 __all__ = [
-    "ATTACKS", "CW", "DI2FGSM", "EOT", "FGM", "FGSM", "NORMS", "PGD", "Attack", "AttackError",
+    "APGD", "APGDT", "ATTACKS", "CW", "DI2FGSM", "EOT", "FGM", "FGSM", "NORMS", "PGD", "Attack", "AttackError",
+    "AutoAttack", "Square",
     "AttackResult", "BoundaryAttack", "CheckResult", "EvalReport", "LpBall", "MinEpsResult",
     "UnknownNormError", "evaluate", "minimal_eps", "with_solver",
 ]

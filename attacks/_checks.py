@@ -24,6 +24,7 @@ from .eot import EOT
 from .fgsm import FGSM
 from .norms import LpBall, lp_norm
 from .pgd import PGD
+from .square import Square
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +170,19 @@ def _randomized_without_eot(attack: Attack, x: torch.Tensor) -> CheckResult:
 
 def _white_vs_black_box(attack: Attack, x: torch.Tensor, y: torch.Tensor, result: AttackResult,
                         black_box_queries: int, seed: int) -> CheckResult:
-    """A white-box attack is stronger than a black-box one."""
-    if isinstance(attack, BoundaryAttack):
-        return CheckResult("white_vs_black_box", "skip", "the attack is the black-box attack")
+    """A white-box attack is stronger than the black-box ones (Boundary, and Square within a finite ε)."""
+    if isinstance(attack, (BoundaryAttack, Square)):
+        return CheckResult("white_vs_black_box", "skip", "the attack is a black-box attack")
     bb = BoundaryAttack(attack.model, max_queries=black_box_queries, seed=seed)(x, y)
     within = bb.success & (lp_norm(bb.x_adv - x, attack.norm) <= _eps(attack) + 1e-6)
+    eps = _eps(attack)
+    if math.isfinite(eps) and eps > 0:
+        # Square searches the ε-ball itself: it beats gradient masking that Boundary's walk may miss
+        sq = Square(attack.model, attack.eps, attack.norm, queries=black_box_queries, seed=seed)(x, y)
+        within = within | sq.success
     beaten = int((within & ~result.success).sum())
     return CheckResult("white_vs_black_box", "fail" if beaten else "pass",
-                       f"Boundary Attack ({black_box_queries} queries) found {int(within.sum())} "
+                       f"Boundary Attack and Square ({black_box_queries} queries each) found {int(within.sum())} "
                        f"adversarials within eps, {beaten} where the white-box attack failed")
 
 

@@ -21,13 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .apgd import APGD, APGDT
+from .autoattack import AutoAttack
 from .base import Attack, AttackError
 from .fgsm import FGSM
 from .norms import canonical_norm, lp_norm
 from .pgd import PGD
+from .square import Square
 
 #: Fixed-ε attacks the search accepts by name.
-SEARCH_ATTACKS: dict[str, type[Attack]] = {"pgd": PGD, "fgsm": FGSM}
+SEARCH_ATTACKS: dict[str, type[Attack]] = {"pgd": PGD, "fgsm": FGSM, "apgd": APGD, "apgd-t": APGDT,
+                                           "square": Square, "autoattack": AutoAttack}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,8 @@ def minimal_eps(
         x: (N, C, H, W) inputs in [0, 1].
         y: (N,) labels.
         norm: ``"inf"`` or ``"2"``.
-        attack: ``"pgd"``, ``"fgsm"`` or a fixed-ε :class:`~attacks.base.Attack` subclass
+        attack: a name of :data:`SEARCH_ATTACKS` (``"pgd"``, ``"fgsm"``, ``"apgd"``, ``"apgd-t"``,
+            ``"square"``, ``"autoattack"``) or a fixed-ε :class:`~attacks.base.Attack` subclass
             constructed as ``attack(model, eps, norm, seed=..., **attack_kwargs)``.
         eps_max: upper end of the search (> 0).
         tol: absolute tolerance of the bisection on ε (> 0).

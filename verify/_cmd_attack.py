@@ -60,9 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1000, help="held-out examples (mnist-t10k test split)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"iterations (cw: Adam steps per round, default {CW_DEFAULTS['steps']}; "
-                        "boundary: query budget)")
+                        "boundary, square: query budget; apgd, apgd-t, autoattack: APGD iterations, "
+                        "default 100)")
     p.add_argument("--step-size", type=float, default=None, help="step size (pgd, di2fgsm)")
-    p.add_argument("--restarts", type=int, default=None, help="random restarts (pgd)")
+    p.add_argument("--restarts", type=int, default=None, help="random restarts (pgd, apgd, apgd-t)")
+    p.add_argument("--version", default=None, choices=["standard", "rand"],
+                   help="autoattack: standard (APGD-CE, APGD-T, Square) or rand (APGD-CE/DLR with EOT, "
+                        "--eot samples, default 20); default standard")
     p.add_argument("--initial-const", type=float, default=None,
                    help=f"cw: first constant c of the binary search (default {CW_DEFAULTS['initial_const']:g})")
     p.add_argument("--lr", type=float, default=None,
@@ -101,7 +105,8 @@ def _attack_kwargs(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
         kwargs[cls.budget_arg] = args.steps
     for opt, key in ((args.step_size, "step_size"), (args.restarts, "restarts")):
         if opt is not None:
-            if args.attack not in ("pgd", "di2fgsm") or (key == "restarts" and args.attack != "pgd"):
+            allowed = ("pgd", "apgd", "apgd-t") if key == "restarts" else ("pgd", "di2fgsm")
+            if args.attack not in allowed:
                 raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack}")
             kwargs[key] = opt
     for opt, key in ((args.initial_const, "initial_const"), (args.lr, "lr"),
@@ -110,6 +115,14 @@ def _attack_kwargs(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
             if args.attack != "cw":
                 raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack} (cw only)")
             kwargs[key] = opt
+    if args.version is not None or (args.attack == "autoattack" and args.eot > 1):
+        if args.attack != "autoattack":
+            raise ValueError(f"--version does not apply to --attack {args.attack} (autoattack only)")
+        kwargs["version"] = args.version or "standard"
+        if args.eot > 1:
+            if kwargs["version"] != "rand":
+                raise ValueError("--eot with --attack autoattack needs --version rand")
+            kwargs["eot_samples"] = args.eot
     return kwargs
 
 
@@ -143,13 +156,16 @@ def run(args: argparse.Namespace) -> int:
     x, y = x.to(args.device), y.to(args.device)
     eps = math.inf if args.eps is None else args.eps
     attack = cls(model, eps, norm, **kwargs)
-    if args.eot > 1:
+    if args.eot > 1 and args.attack != "autoattack":
         if not cls.supports_eot:
             raise AttackError(f"--eot needs a gradient attack, not {args.attack}")
         attack = EOT(attack, args.eot)
     report = evaluate(model, x, y, attack, batch_size=args.batch_size, checks=not args.no_checks,
                       check_n=args.check_n, seed=args.seed, progress=sys.stderr.isatty())
     print(report.summary())  # its first line names any failed validity check
+    for member in getattr(attack, "members_last", ()):
+        print(f"  member {member.name}: broke {member.broken} of {member.attacked} still robust "
+              f"(last call), {member.seconds:.1f}s, NFE {member.nfe}, {member.queries} queries")
     if args.out is not None:
         record = {"model": args.model, **report.to_dict()}
         if args.attack_solver is not None:
