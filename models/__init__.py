@@ -27,6 +27,7 @@ from .randomized import ToleranceRandomized as ToleranceRandomized
 from .randomized import VoteResult as VoteResult
 from .resnet import ResNet as ResNet
 from .solver import ADAPTIVE_METHODS as ADAPTIVE_METHODS
+from .solver import CAS_METHODS as CAS_METHODS
 from .solver import FIXED_METHODS as FIXED_METHODS
 from .solver import SolverConfig as SolverConfig
 from .solver import SolverConfigError as SolverConfigError
@@ -52,7 +53,7 @@ def build_model(arch: str, **config: Any) -> Classifier:
 
 __all__ = [
     "DATASETS", "DataError", "DownloadError", "data_root", "download_dataset", "load_dataset",
-    "ADAPTIVE_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier", "ConcatConv2d",
+    "ADAPTIVE_METHODS", "CAS_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier", "ConcatConv2d",
     "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
     "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",
     "build_model", "REJECT", "RandomizationError", "ToleranceRandomized", "VoteResult",

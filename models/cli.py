@@ -39,8 +39,9 @@ def _solver_override(base: SolverConfig, args: argparse.Namespace) -> SolverConf
             raise ValueError(f"--solver {method}:{value:g} and --tol {args.tol:g} disagree; give the tolerance once")
         tol = value if value is not None else args.tol
         keep = base.is_cas
+        h0 = T / args.steps if args.steps else (base.step_size if keep else None)  # --steps N: h0 = T/N
         return SolverConfig.cas(method, atol=tol if tol is not None else (base.atol if keep else 0.005),
-                                rtol=base.rtol if keep else 0.0, h0=base.step_size if keep else None, T=T)
+                                rtol=base.rtol if keep else 0.0, h0=h0, T=T)
     if method in ADAPTIVE_METHODS:
         if value is not None and args.tol is not None and value != args.tol:
             raise ValueError(f"--solver {method}:{value:g} and --tol {args.tol:g} disagree; give the tolerance once")
@@ -224,7 +225,8 @@ def _solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", type=solver_spec, metavar="METHOD[:VALUE]",
                    help="ODE solver (ODE-nets): a method, optionally with its steps or tolerance, e.g. rk4:8, "
                         "dopri5:1e-3")
-    p.add_argument("--steps", type=int, help="fixed-grid steps")
+    p.add_argument("--steps", type=int, help="fixed-grid steps (a cas-* solver: its first step h0 = T/STEPS instead "
+                                             "of the learned one)")
     p.add_argument("--tol", type=float, help="adaptive tolerance τ (rtol = atol)")
     p.add_argument("--T", type=float, help="integration end time")
 

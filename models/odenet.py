@@ -76,7 +76,7 @@ class ODEBlock(nn.Module):
             models.cas.CASError: a learned h0 that is still 0 (untrained) in eval mode.
             SolverStepLimitError: more than ``max_steps`` steps for an example.
         """
-        from .cas import REJECT, CASStepLimitError, initial_step, integrate, rule_for, running_mean
+        from .cas import REJECT, CASError, CASStepLimitError, initial_step, integrate, rule_for, running_mean
 
         rule = rule_for(self.solver)
         func = _Counted(self.field)
@@ -87,8 +87,12 @@ class ODEBlock(nn.Module):
             if self.training:
                 h0 = initial_step(func, h, rule)
                 self.running_mean_step.fill_(running_mean(float(self.running_mean_step), h0))
+            elif float(self.running_mean_step) <= 0:
+                raise CASError(f"{self.solver.describe()}: this block has not learned its first step h0 (trained "
+                               "with another solver, or not at all); give one: SolverConfig.cas(..., h0=H) "
+                               "(CLI: --solver cas-dopri5:ATOL --steps N for h0 = T/N)")
             else:
-                h0 = min(1.0, max(0.0, float(self.running_mean_step)))
+                h0 = min(1.0, float(self.running_mean_step))
         try:
             y, self.steps, self.nfe_per_example = integrate(func, h, rule, h0)
         except CASStepLimitError as err:

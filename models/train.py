@@ -326,8 +326,8 @@ def _train_epoch(model: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: Re
         if recipe.T_range is not None and base_solver is not None:
             lo, hi = recipe.T_range
             T = lo + (hi - lo) * float(torch.rand((), generator=gen))
-            model.solver = base_solver.replace(T=T, step_size=None if base_solver.step_size is None
-                                               else T / base_solver.n_steps)
+            model.solver = base_solver.replace(T=T, step_size=T / base_solver.n_steps if base_solver.is_fixed
+                                               else base_solver.step_size)
         if adversary is not None and epoch >= recipe.adv_warmup:
             model.eval()
             xb = adversary(model, xb, yb, adv_eps_at(recipe, epoch * steps_per_epoch + i, steps_per_epoch)).detach()

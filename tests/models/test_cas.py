@@ -192,6 +192,19 @@ def test_odeblock_swaps_to_cas_and_records() -> None:
     assert net.block.accepted_steps == [(s.t, s.h) for s in net.block.steps[0] if s.decision != REJECT]
 
 
+def test_cli_swaps_a_zoo_model_to_cas(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.cli import main
+    from models.zoo import available
+
+    if "ode" not in available():
+        pytest.skip("zoo model ode not trained")
+    assert main(["eval", "ode", "--solver", "cas-dopri5:0.001", "--steps", "4", "--n", "20", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["solver"] == "cas-dopri5 atol=0.001 rtol=0 h0=0.25 T=1" and row["accuracy"] > 0.8
+    assert main(["eval", "ode", "--solver", "cas-dopri5:0.001", "--n", "20"]) == 2  # no learned h0
+    assert "has not learned its first step h0" in capsys.readouterr().err
+
+
 def test_learned_h0_running_mean_in_training_and_eval() -> None:
     torch.manual_seed(0)
     block = ODEBlock(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Tanh()), SolverConfig.cas("dopri5", atol=1e-2))
