@@ -209,20 +209,25 @@ class _Path:
     nfe: int = 0
 
 
-def next_step(rule: CASRule, t: float, h: float, decision: int, clips: int) -> tuple[float, float, int, bool]:
-    """The controller after one step: (next t, next h, next clips, fallback triggered).
+def next_step(rule: CASRule, t: float, h: float, decision: int, clips: int, forced: bool = False
+              ) -> tuple[float, float, int, bool]:
+    """The controller after one step: (next t, next h, next clips, fallback in force).
 
     Args:
         rule: the rule.
         t: the step's start time.
         h: its size.
-        decision: its decision.
+        decision: its decision (ignored once the fallback is in force: the step is accepted).
         clips: the clip counter before it (see the module docstring).
+        forced: whether the fallback was already in force for this step.
 
     Returns:
-        (t', h', clips', fallback): on a fallback t' = t and h' = h (the step is recomputed and
-        every later step accepted).
+        (t', h', clips', forced'): when a rejection triggers the fallback t' = t and h' = h (the
+        step is recomputed, accepted, and so is every later one, of size ``min(h, T − t)``).
     """
+    if forced:
+        t_next = rule.T if h == rule.T - t else t + h
+        return t_next, min(h, rule.T - t_next), clips, True
     if decision == REJECT:
         t_next, h_next = t, h / 2
         if clips > 0:
@@ -296,11 +301,7 @@ def integrate(field: Field, y0: torch.Tensor, rule: CASRule, h0: float | None = 
             if rule.max_steps is not None and len(steps[i]) > rule.max_steps:
                 raise CASStepLimitError(f"CAS {rule.tableau} needed more than max_steps={rule.max_steps} steps "
                                         f"(atol={rule.atol:g}, h0={h0:g})")
-            if p.forced:
-                p.t = rule.T if h == rule.T - t else t + h
-                p.h = min(h, rule.T - p.t)
-            else:
-                p.t, p.h, p.clips, p.forced = next_step(rule, t, h, code, p.clips)
+            p.t, p.h, p.clips, p.forced = next_step(rule, t, h, code, p.clips, p.forced)
             if code != REJECT:
                 taken.append(pos)
         if taken:

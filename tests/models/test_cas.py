@@ -119,6 +119,8 @@ def test_next_step_clip_and_rejections_after_clip() -> None:
     assert next_step(rule, 0.9, 0.05, REJECT, 2) == (0.9, 0.05, 3, True)
     assert next_step(rule, 0.0, 0.03, REJECT, 0) == (0.0, 0.03, 0, True)
     assert next_step(rule, 0.0, 0.05, REJECT, 0) == (0.0, 0.025, 0, False)
+    assert next_step(rule, 0.5, 0.25, REJECT, 0, forced=True) == (0.75, 0.25, 0, True)  # fallback: accepted
+    assert next_step(rule, 0.875, 0.125, ACCEPT, 0, forced=True) == (1.0, 0.0, 0, True)
 
 
 def test_batch_equals_examples_one_at_a_time() -> None:
