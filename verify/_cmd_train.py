@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import torch
 
 from models.cli_support import resolve_device
 
-from .certified_training import LOSSES, CertConfig, CertifiedLoss, ibp_init
+from .certified_training import INITS, LOSSES, CertConfig, CertifiedLoss, ibp_init
 
 #: examples per :func:`verify.certify` call when measuring certified accuracy.
 EVAL_CHUNK = 250
@@ -45,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="radius of the certified accuracy measured at the end (default: the preset's, else ε_train)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="clean epochs before ε grows")
     p.add_argument("--ramp-epochs", type=int, default=None, help="epochs of the smooth ε ramp")
+    p.add_argument("--ramp-exponent", type=float, default=None,
+                   help="degree of the ramp's first quarter (1: a linear ramp, Gowal et al.; 4: Shi et al.)")
+    p.add_argument("--kappa-end", type=float, default=None, help="weight of the clean loss at the end of the ramp")
+    p.add_argument("--alpha", type=float, default=None, help="mtl-ibp's weight of the adversarial loss")
+    p.add_argument("--init", choices=INITS, default=None, help="weight initialisation (ibp: Shi et al.)")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default=None, help="learning-rate schedule")
+    p.add_argument("--shift", type=int, default=None, help="random-translation augmentation in pixels (0: none)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=JSON",
+                   help="override one constructor argument of the preset's model, e.g. channels=32 (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -72,11 +83,31 @@ def _config(preset: Any, args: argparse.Namespace) -> CertConfig:
     if not base and args.cert is None:
         raise ValueError(f"preset {preset.name!r} has no certified loss: give --cert ({', '.join(LOSSES)})")
     overrides = {k: v for k, v in {"loss": args.cert, "eps": args.cert_eps, "eval_eps": args.eval_eps,
-                                   "warmup_epochs": args.warmup_epochs, "ramp_epochs": args.ramp_epochs}.items()
+                                   "warmup_epochs": args.warmup_epochs, "ramp_epochs": args.ramp_epochs,
+                                   "exponent": args.ramp_exponent, "kappa_end": args.kappa_end,
+                                   "alpha": args.alpha, "init": args.init}.items()
                  if v is not None}
     if "eps" in overrides and "eval_eps" not in overrides and preset.cert is None:
         overrides["eval_eps"] = overrides["eps"]
     return CertConfig(**{**base, **overrides})
+
+
+def _config_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=JSON`` pairs of ``--config`` as a dict (a value that is not JSON is kept as a string).
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def _out_path(args: argparse.Namespace, name: str) -> Path:
@@ -102,7 +133,7 @@ def certified_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def run(args: argparse.Namespace) -> int:
     """Train the preset with its certified loss, measure, save; returns 0."""
-    from models import build_model
+    from models import MODELS, build_model
     from models.data import load_dataset
     from models.train import Recipe, accuracy, git_commit, save_checkpoint, sidecar, train
     from models.zoo import PRESETS, UnknownModelError
@@ -112,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset]
     cfg = _config(preset, args)
     recipe: Recipe = dataclasses.replace(preset.recipe, **{k: v for k, v in {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}.items()
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "schedule": args.schedule, "shift": args.shift}.items()
         if v is not None})
     for name in ("n_train", "n_eval"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -124,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
     x_tr, y_tr = load_dataset(preset.dataset, "train", args.data_dir, n=args.n_train)
     x_te, y_te = load_dataset(preset.dataset, "test", args.data_dir, n=args.n_eval)
     torch.manual_seed(recipe.seed)
-    model = build_model(preset.arch, **preset.config).to(device)
+    config = {**preset.config, **_config_overrides(args.config)}
+    try:
+        inspect.signature(MODELS[preset.arch]).bind(**config)
+    except TypeError as err:
+        raise ValueError(f"--config does not fit {preset.arch!r}: {err}") from err
+    model = build_model(preset.arch, **config).to(device)
     if cfg.init == "ibp":
         ibp_init(model, torch.Generator(device="cpu").manual_seed(recipe.seed) if device.type == "cpu" else None)
     hook = CertifiedLoss(cfg, seed=recipe.seed)

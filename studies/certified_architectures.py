@@ -1,0 +1,319 @@
+"""Study ``certified-architectures``: the seeds' question answered with certificates.
+
+Seed 003 claims Neural ODEs are naturally more robust than ResNets; seed 000 finds them more
+vulnerable to minimum-norm attacks. Both judge by attacks. Here four zoo models of about the
+same size, trained with the *same* certified recipe (IBP at 1.1·ε, ``python -m verify train``),
+are compared by what can be proved about them: an ODE-net (one shared vector field, Euler,
+2 steps of h = 0.5), the ResNet with the same stem, field and head (2 independent blocks) at
+step s = 0.5 and s = 1, and LeNet-5. For every ε of :data:`EPS` the study measures, on the
+held-out images of ``mnist-t10k``:
+
+* IBP-certified and CROWN-certified accuracy (:func:`verify.certify`), and their union;
+* PGD accuracy (an upper bound on what any certificate can reach);
+* each model's L2 and L∞ Lipschitz bound (:func:`lipbound.network_bound`) and the growth
+  bound of its residual / Euler part: (1 + hK)^n for the ODE-net, Π (1 + s K_i) for a ResNet.
+
+A CROWN bound is not computed where PGD already found an adversarial example (or the clean
+image is misclassified): no sound certificate exists there, so the image counts as not
+certified. Every certified image is checked against PGD: a certificate that PGD beats is
+counted and reported as a soundness violation.
+
+Differences are judged with binomial standard errors; ODE-net and ResNet are evaluated on
+the same images, so the standard error of a difference is the paired one (McNemar):
+√(b + c − (b − c)²/n) / n, with b and c the images only one of the two models holds.
+
+References:
+    "Towards natural robustness against adversarial examples" (seed 003). Girard, Charpiat,
+    Chihani & Schoenauer, "A security study of Neural ODEs", 2019 (seed 000). Gowal et al., "On the Effectiveness of
+    Interval Bound Propagation for Training Verifiably Robust Models", 2018.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks import PGD
+from lipbound import network_bound
+from models.data import load_dataset
+from models.zoo import PRESETS
+from verify import certify
+
+from ._common import StudyContext, StudyReport, Table, figure_path
+
+NAME = "certified-architectures"
+SEED = "003_b41ec24123f49e8e vs 000_581e31f95ddba4b5"
+TITLE = "Certified robustness of ODE-nets, ResNets and LeNet-5 trained with the same certified recipe"
+
+#: (zoo model, label) in table order; the first is the ODE-net the others are compared with.
+MODELS: tuple[tuple[str, str], ...] = (
+    ("ode-cert-0.1", "ODE-net (Euler, 2 steps, h=0.5)"),
+    ("resnet-cert-0.1", "ResNet, s=0.5"),
+    ("resnet-s1-cert-0.1", "ResNet, s=1"),
+    ("lenet5-cert-0.1", "LeNet-5"),
+)
+#: L∞ radii of the comparison.
+EPS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+#: a difference counts as supported beyond this many standard errors.
+Z_SUPPORT = 2.0
+#: images per certify / attack call.
+CHUNK = 250
+
+
+def _plan(ctx: StudyContext) -> dict[str, Any]:
+    """Sizes of the run: images for IBP and PGD, images for CROWN, radii, PGD steps and restarts."""
+    n = ctx.n(12, 1000)
+    return {"n": n, "n_crown": min(n, ctx.pick(4, 500)), "eps": list(ctx.pick((0.1, 0.3), EPS)),
+            "pgd_steps": ctx.pick(10, 40), "pgd_restarts": ctx.pick(1, 2)}
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(n, i + CHUNK)) for i in range(0, n, CHUNK)]
+
+
+def _pgd_holds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, restarts: int,
+               seed: int) -> list[bool]:
+    """Per image: correctly classified and PGD (L∞, ``restarts`` random starts) found no adversarial example."""
+    out: list[bool] = []
+    for s in _chunks(x.shape[0]):
+        atk = PGD(model, eps, "inf", steps=steps, step_size=2.5 * eps / steps, restarts=restarts, seed=seed)
+        res = atk(x[s], y[s])
+        with torch.no_grad():
+            clean = model(x[s]).argmax(1) == y[s]
+        out += (clean & ~res.success).tolist()
+    return out
+
+
+def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, method: str,
+               mask: list[bool] | None = None) -> dict[str, Any]:
+    """Per image certified by ``method`` (images outside ``mask`` are not bounded: False), and seconds."""
+    idx = [i for i in range(x.shape[0]) if mask is None or mask[i]]
+    cert = [False] * x.shape[0]
+    t0 = time.perf_counter()
+    for k in range(0, len(idx), CHUNK):
+        part = idx[k:k + CHUNK]
+        res = certify(model, x[part], y[part], eps, "inf", method)
+        for i, c in zip(part, res.certified.tolist()):
+            cert[i] = bool(c)
+    return {"certified": cert, "bounded": len(idx), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _lipschitz(model: nn.Module, name: str) -> dict[str, Any]:
+    """Network Lipschitz bounds (L2, L∞) and the growth bound of the residual / Euler part."""
+    out: dict[str, Any] = {"parameters": int(sum(p.numel() for p in model.parameters()))}
+    for norm in ("2", "inf"):
+        nb = network_bound(model, norm)
+        out[f"lipschitz_{norm}"] = float(nb.total)
+        if nb.growth is not None:
+            g = nb.growth
+            out[f"growth_{norm}"] = {"formula": str(g.formula), "K": float(g.lipschitz), "n": int(g.n_steps),
+                                     "h": float(g.end_time) / int(g.n_steps), "value": float(g.value)}
+        elif PRESETS[name].arch == "resnet":
+            blocks = [r.upper for r in nb.rows if r.name.startswith("block")]
+            h = float(PRESETS[name].config["step"])
+            out[f"growth_{norm}"] = {"formula": "prod(1 + s*K_i)", "K": max((b - 1) / h for b in blocks),
+                                     "n": len(blocks), "h": h, "value": float(math.prod(blocks))}
+        else:
+            out[f"growth_{norm}"] = None
+    return out
+
+
+def _model_cells(ctx: StudyContext, name: str, x: torch.Tensor, y: torch.Tensor, plan: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Every cell of one model: clean, per ε PGD / IBP / CROWN per image, Lipschitz bounds."""
+    model = ctx.zoo(name)
+    n, nc = plan["n"], plan["n_crown"]
+    with torch.no_grad():
+        clean = ctx.cell(f"{name}/clean/n{n}", lambda: (model(x).argmax(1) == y).tolist())
+    per_eps: dict[str, Any] = {}
+    for eps in plan["eps"]:
+        pgd = ctx.cell(f"{name}/pgd{plan['pgd_steps']}x{plan['pgd_restarts']}/eps{eps:g}/n{n}/seed{ctx.seed}",
+                       lambda: _pgd_holds(model, x, y, eps, plan["pgd_steps"], plan["pgd_restarts"], ctx.seed))
+        ibp = ctx.cell(f"{name}/ibp/eps{eps:g}/n{n}", lambda: _certified(model, x, y, eps, "ibp"))
+        crown = ctx.cell(f"{name}/crown/eps{eps:g}/n{nc}/pgd-skip{plan['pgd_steps']}x{plan['pgd_restarts']}",
+                         lambda: _certified(model, x[:nc], y[:nc], eps, "crown", pgd[:nc]))
+        per_eps[f"{eps:g}"] = {"pgd": pgd, "ibp": ibp, "crown": crown}
+    lip = ctx.cell(f"{name}/lipschitz", lambda: _lipschitz(model, name))
+    return {"clean": clean, "eps": per_eps, "lipschitz": lip}
+
+
+def proportion(k: int, n: int) -> tuple[float, float]:
+    """(k/n, its binomial standard error √(p(1−p)/n))."""
+    p = k / n
+    return p, math.sqrt(p * (1 - p) / n)
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
+    """(mean(a) − mean(b), paired standard error √(b' + c' − (b' − c')²/n)/n) on the same images."""
+    n = len(a)
+    only_a = sum(1 for u, v in zip(a, b) if u and not v)
+    only_b = sum(1 for u, v in zip(a, b) if v and not u)
+    return (only_a - only_b) / n, math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
+
+
+def _union(r: dict[str, Any], nc: int) -> list[bool]:
+    """Certified by IBP or CROWN on the first ``nc`` images."""
+    return [bool(a or b) for a, b in zip(r["ibp"]["certified"][:nc], r["crown"]["certified"])]
+
+
+def _violations(r: dict[str, Any]) -> int:
+    """Images certified (IBP or CROWN) on which PGD found an adversarial example."""
+    nc = len(r["crown"]["certified"])
+    ibp = sum(1 for c, p in zip(r["ibp"]["certified"], r["pgd"]) if c and not p)
+    crown = sum(1 for c, p in zip(r["crown"]["certified"], r["pgd"][:nc]) if c and not p)
+    return ibp + crown
+
+
+def _pct(p: float, se: float) -> str:
+    return f"{100 * p:.1f} ± {100 * se:.1f}"
+
+
+def _accuracy_table(cells: dict[str, Any], plan: dict[str, Any]) -> Table:
+    rows = []
+    for name, label in MODELS:
+        c = cells[name]
+        for e, r in c["eps"].items():
+            n, nc = len(r["pgd"]), len(r["crown"]["certified"])
+            rows.append((label, float(e), _pct(*proportion(sum(c["clean"]), n)),
+                         _pct(*proportion(sum(r["ibp"]["certified"]), n)),
+                         _pct(*proportion(sum(r["crown"]["certified"]), nc)),
+                         _pct(*proportion(sum(_union(r, nc)), nc)), _pct(*proportion(sum(r["pgd"]), n))))
+    return Table("Held-out accuracy (%) ± binomial standard error",
+                 ("model", "ε", "clean", f"IBP-certified (n={plan['n']})", f"CROWN-certified (n={plan['n_crown']})",
+                  f"IBP or CROWN (n={plan['n_crown']})", f"PGD-{plan['pgd_steps']}×{plan['pgd_restarts']} (n={plan['n']})"),
+                 tuple(rows),
+                 "CROWN is not run where PGD already found an adversarial example (no certificate can exist there).")
+
+
+def _comparison_rows(cells: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """ODE-net minus each other model, per ε: IBP-certified (n), IBP∪CROWN (n_crown) and PGD (n), paired SE."""
+    ode = cells[MODELS[0][0]]
+    rows = []
+    for name, label in MODELS[1:]:
+        for e, r in cells[name]["eps"].items():
+            o, nc = ode["eps"][e], plan["n_crown"]
+            row = {"model": label, "eps": float(e)}
+            for key, a, b in (("ibp", o["ibp"]["certified"], r["ibp"]["certified"]),
+                              ("union", _union(o, nc), _union(r, nc)), ("pgd", o["pgd"], r["pgd"])):
+                d, se = paired_difference(a, b)
+                row[key] = {"diff": d, "se": se, "z": d / se if se > 0 else 0.0}
+            rows.append(row)
+    return rows
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> Table:
+    def fmt(v: dict[str, float]) -> str:
+        return f"{100 * v['diff']:+.1f} ± {100 * v['se']:.1f} (z = {v['z']:+.1f})"
+
+    return Table("ODE-net minus the other model, percentage points ± paired standard error",
+                 ("other model", "ε", "IBP-certified", "IBP or CROWN", "PGD"),
+                 tuple((r["model"], r["eps"], fmt(r["ibp"]), fmt(r["union"]), fmt(r["pgd"])) for r in rows),
+                 f"Positive: the ODE-net is more robust. |z| > {Z_SUPPORT:g}: a difference the images support.")
+
+
+def _lipschitz_table(cells: dict[str, Any]) -> Table:
+    rows = []
+    for name, label in MODELS:
+        lip = cells[name]["lipschitz"]
+        g2, gi = lip["growth_2"], lip["growth_inf"]
+        rows.append((label, lip["parameters"], lip["lipschitz_2"], lip["lipschitz_inf"],
+                     None if g2 is None else f"{g2['formula']}: K={g2['K']:.3g}, h={g2['h']:g}, n={g2['n']} → {g2['value']:.4g}",
+                     None if gi is None else gi["value"]))
+    return Table("Size, Lipschitz bounds of the whole network and growth bounds of the residual / Euler part",
+                 ("model", "parameters", "Lipschitz bound L2", "Lipschitz bound L∞", "growth bound L2", "growth bound L∞"),
+                 tuple(rows), "Upper bounds (products of per-layer norms, lipbound.network_bound); K is the field's bound.")
+
+
+def _verdict(rows: list[dict[str, Any]], key: str) -> tuple[str, int, int, int]:
+    """Which seed the ODE-net vs ResNet differences support: (verdict, ODE better, ResNet better, total)."""
+    res = [r for r in rows if r["model"].startswith("ResNet")]
+    better = sum(1 for r in res if r[key]["z"] > Z_SUPPORT)
+    worse = sum(1 for r in res if r[key]["z"] < -Z_SUPPORT)
+    if better and not worse:
+        verdict = "seed 003 (ODE-nets more robust)"
+    elif worse and not better:
+        verdict = "seed 000 (ODE-nets more vulnerable)"
+    elif better and worse:
+        verdict = "neither consistently (differences of both signs)"
+    else:
+        verdict = "neither (no difference beyond the standard errors)"
+    return verdict, better, worse, len(res)
+
+
+def _findings(cells: dict[str, Any], rows: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
+    out = []
+    for key, what in (("ibp", f"IBP-certified accuracy (n={plan['n']})"),
+                      ("union", f"IBP-or-CROWN-certified accuracy (n={plan['n_crown']})"),
+                      ("pgd", f"PGD accuracy (n={plan['n']})")):
+        verdict, better, worse, total = _verdict(rows, key)
+        out.append(f"{what}: of {total} (ResNet, ε) pairs the ODE-net is ahead by more than {Z_SUPPORT:g} paired "
+                   f"standard errors in {better} and behind in {worse}; this supports {verdict}.")
+    bad = {label: sum(_violations(r) for r in cells[name]["eps"].values()) for name, label in MODELS}
+    out.append("Soundness: certified images that PGD beat: "
+               + ", ".join(f"{k} {v}" for k, v in bad.items()) + ".")
+    return out
+
+
+def _figure(ctx: StudyContext, cells: dict[str, Any], plan: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path, rel = figure_path(ctx, "accuracy")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    for name, label in MODELS:
+        c = cells[name]
+        eps = [float(e) for e in c["eps"]]
+        nc = plan["n_crown"]
+        series = (("IBP-certified", [proportion(sum(r["ibp"]["certified"]), len(r["pgd"])) for r in c["eps"].values()]),
+                  ("IBP or CROWN certified", [proportion(sum(_union(r, nc)), nc) for r in c["eps"].values()]),
+                  ("PGD accuracy", [proportion(sum(r["pgd"]), len(r["pgd"])) for r in c["eps"].values()]))
+        for ax, (title, vals) in zip(axes, series):
+            ax.errorbar(eps, [100 * p for p, _ in vals], yerr=[200 * s for _, s in vals], marker="o", capsize=3,
+                        label=label)
+            ax.set_title(title)
+            ax.set_xlabel("L∞ ε")
+    axes[0].set_ylabel("held-out accuracy (%), ± 2 SE")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"IBP-trained at ε_train = 0.11, mnist-t10k held-out (n = {plan['n']}, CROWN n = {plan['n_crown']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return rel
+
+
+def run(ctx: StudyContext) -> StudyReport:
+    """Run (or resume) the study; see the module docstring."""
+    plan = _plan(ctx)
+    x, y = load_dataset("mnist-t10k", "test", n=plan["n"])
+    cells = {name: _model_cells(ctx, name, x, y, plan) for name, _ in MODELS}
+    rows = _comparison_rows(cells, plan)
+    protocol = {
+        "data": f"mnist-t10k held-out images 8000–{8000 + plan['n'] - 1} (the first {plan['n']}); CROWN on the "
+                f"first {plan['n_crown']}",
+        "models": {label: f"{name} ({PRESETS[name].description}; `{PRESETS[name].train_command}`)"
+                   for name, label in MODELS},
+        "certificates": "verify.certify, L∞ ball ∩ [0, 1], methods ibp and crown (dense engine)",
+        "attack": f"PGD L∞, {plan['pgd_steps']} steps of 2.5·ε/steps, {plan['pgd_restarts']} random starts, "
+                  f"seed {ctx.seed}",
+        "eps": plan["eps"],
+        "statistics": "binomial SE √(p(1−p)/n); differences: paired SE on the same images (McNemar)",
+    }
+    data = {name: {"lipschitz": c["lipschitz"],
+                   "eps": {e: {"ibp": sum(r["ibp"]["certified"]), "crown": sum(r["crown"]["certified"]),
+                               "crown_bounded": r["crown"]["bounded"], "crown_seconds": r["crown"]["seconds"],
+                               "ibp_seconds": r["ibp"]["seconds"], "union": sum(_union(r, plan["n_crown"])),
+                               "pgd": sum(r["pgd"]), "violations": _violations(r)} for e, r in c["eps"].items()},
+                   "clean": sum(c["clean"])}
+            for name, c in cells.items()}
+    data["comparison"] = rows
+    return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol,
+                       (_accuracy_table(cells, plan), _comparison_table(rows), _lipschitz_table(cells)),
+                       (_figure(ctx, cells, plan),), tuple(_findings(cells, rows, plan)), data)
