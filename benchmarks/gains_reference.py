@@ -106,14 +106,15 @@ def gains_codes(steps: list[Any], T: float = 1.0) -> list[int]:
 
 
 def compare(rows: list[dict[str, Any]], checkpoint: Path, pixels: dict[int, np.ndarray]) -> dict[str, Any]:
-    """Our forward (batch size 1) against GAINS's rows: max |Δ logits| per dtype and step agreement."""
+    """Our forward (batch size 1) against GAINS's rows: max |Δ logits| per dtype, step agreement, and
+    our per-example NFE, steps tried and rejections (means)."""
     from models.gains import load_gains
 
     model, _ = load_gains(checkpoint)
     out: dict[str, Any] = {}
     for name, dt in DTYPES.items():
         m = model.to(dt)
-        diffs, same_steps, n = [], 0, 0
+        diffs, same_steps, n, nfe, tried, rejected = [], 0, 0, 0, 0, 0
         for r in (r for r in rows if r["dtype"] == name):
             x = torch.from_numpy(pixels[r["index"]].astype(np.float32) / 255.0)[None].to(dt)
             with torch.no_grad():
@@ -124,7 +125,11 @@ def compare(rows: list[dict[str, Any]], checkpoint: Path, pixels: dict[int, np.n
                     and all(abs(s.t - t) < 1e-6 and abs(s.h - h) < 1e-6 for s, (t, h) in zip(ours, r["states"])))
             same_steps += int(same)
             n += 1
-        out[name] = {"n": n, "max_abs_logit_diff": max(diffs), "same_step_sequence": same_steps}
+            nfe += m.block.nfe_per_example[0]
+            tried += len(ours)
+            rejected += sum(s.decision == 0 for s in ours)
+        out[name] = {"n": n, "max_abs_logit_diff": max(diffs), "same_step_sequence": same_steps,
+                     "mean_nfe": nfe / n, "mean_steps_tried": tried / n, "mean_rejections": rejected / n}
     return out
 
 
