@@ -221,6 +221,20 @@ def test_learned_h0_running_mean_in_training_and_eval() -> None:
     assert block.steps[0][0].h == pytest.approx(first, rel=1e-6)
 
 
+def test_learned_h0_survives_a_checkpoint(tmp_path: Path) -> None:
+    from models.train import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net = ODENet(channels=4, solver=SolverConfig.cas("bosh3", atol=1e-2))
+    x = torch.rand(2, 1, 28, 28)
+    net.train()(x)
+    net.eval()
+    back, _ = load_checkpoint(save_checkpoint(tmp_path / "cas", net, {}))
+    assert float(back.block.running_mean_step) == float(net.block.running_mean_step) > 0
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+
+
 def test_cas_training_standard_and_pgd() -> None:
     from models.cli import make_adversary
     from models.train import Recipe, train
