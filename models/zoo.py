@@ -125,6 +125,14 @@ PRESETS: dict[str, Preset] = {
         "lenet5-cert-0.1", "lenet5", {}, _CERT_RECIPE,
         "LeNet-5 (ReLU, max-pool), IBP-trained at ε=0.11 (certified at 0.1), same recipe",
         cert=_cert(0.1)),
+    "mlp": Preset(
+        "mlp", "mlp", {"hidden": [100, 100]}, Recipe(epochs=20, lr=2e-3, seed=0),
+        "fully connected ReLU 784-100-100-10 (exact radii by MILP)"),
+    "ode-small": Preset(
+        "ode-small", "ode", {"channels": 4, "field": "verifiable",
+                             "solver": SolverConfig.fixed("euler", 1, T=1.0).to_dict()},
+        Recipe(epochs=15, lr=3e-3, seed=0),
+        "ODE-net small enough for exact radii by MILP: verifiable field, 4 channels, Euler 1 step, T=1"),
 }
 
 

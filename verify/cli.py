@@ -1,4 +1,4 @@
-"""``python -m verify``: attack, bound, certify, compare, merge, plot, study, train.
+"""``python -m verify``: attack, bound, certify, compare, merge, plot, study, train, export.
 
 Each subcommand lives in its own ``_cmd_*.py`` module exposing ``register(subparsers)``,
 which adds a parser and sets ``func(args) -> int``; :data:`COMMANDS` lists them
@@ -13,11 +13,11 @@ from types import ModuleType
 
 from models.cli_support import OneLineArgumentParser, run_main, subparsers
 
-from . import _cmd_attack, _cmd_bounds, _cmd_certify, _cmd_merge, _cmd_plot, _cmd_study, _cmd_train
+from . import _cmd_attack, _cmd_bounds, _cmd_certify, _cmd_export, _cmd_merge, _cmd_plot, _cmd_study, _cmd_train
 
 #: subcommand modules, in the order ``--help`` shows them.
 COMMANDS: tuple[ModuleType, ...] = (_cmd_bounds, _cmd_certify, _cmd_merge, _cmd_plot, _cmd_attack, _cmd_study,
-                                    _cmd_train)
+                                    _cmd_train, _cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
