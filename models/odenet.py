@@ -116,6 +116,7 @@ class ODEBlock(nn.Module):
         if hasattr(self.field, "nfe"):
             self.field.nfe = 0
         self.accepted_steps = []
+        self.steps, self.nfe_per_example = [], []  # records of a controlled adaptive solve only
         func = (_Recorder(self.field, self.accepted_steps) if self.record_steps and not s.is_fixed
                 else _Counted(self.field))
         solve = odeint_adjoint if s.adjoint else odeint
