@@ -34,6 +34,7 @@ STUDIES: dict[str, str] = {
     "tolerance-randomization": "tolerance_randomization",
     "step-size": "step_size",
     "bound-vs-attack": "bound_vs_attack",
+    "tightness": "tightness",
     "certified-architectures": "certified_architectures",
 }
 
