@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lipbound.tableau import ButcherTableau, tableau_for_solver
+from models.cas import CASRule, integrate, rule_for
 from models.fields import ConcatConv2d, call_field
 from models.odenet import ODEBlock
 from models.resnet import ResNet
@@ -115,7 +116,30 @@ class Flow:
         return y + sum(step.dt * b[i] * ks[i] for i in ks if b[i] != 0.0)
 
 
-Part = Layers | Flow
+@dataclasses.dataclass(frozen=True)
+class CASFlow:
+    """An ODE block integrated by a controlled adaptive solver (:mod:`models.cas`) as deployed.
+
+    Its step sequence depends on the input, so it has no fixed steps: engines bound it through
+    the trajectory graph of every step decision (:mod:`verify._trajectory`).
+    """
+
+    rule: CASRule
+    h0: float
+    field: tuple[Op, ...]
+    where: str
+
+    @property
+    def tableau(self) -> ButcherTableau:
+        """The embedded pair."""
+        return self.rule.butcher
+
+    def integrate(self, y: torch.Tensor) -> torch.Tensor:
+        """The deployed solve of the state batch ``y`` (each example on its own steps)."""
+        return integrate(lambda t, h: field_value(self.field, float(t), h), y, self.rule, self.h0)[0]
+
+
+Part = Layers | Flow | CASFlow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +189,8 @@ class Lowered:
             if isinstance(part, Layers):
                 h = part(h)
                 continue
+            if isinstance(part, CASFlow):
+                return []
             out = [h]
             for step in part.steps:
                 out.append(part.step(step, out[-1]))
@@ -172,7 +198,9 @@ class Lowered:
         return []
 
 
-def _flow(flow: Flow, h: torch.Tensor) -> torch.Tensor:
+def _flow(flow: Flow | CASFlow, h: torch.Tensor) -> torch.Tensor:
+    if isinstance(flow, CASFlow):
+        return flow.integrate(h)
     for step in flow.steps:
         h = flow.step(step, h)
     return h
@@ -188,8 +216,9 @@ def field_value(field: Sequence[Op], t: float, h: torch.Tensor) -> torch.Tensor:
 
 # ---- lowering ---------------------------------------------------------------------------------
 def is_adaptive(model: nn.Module) -> bool:
-    """True when the model integrates an ODE block with an adaptive solver."""
-    return any(not m.solver.is_fixed for m in model.modules() if isinstance(m, ODEBlock))
+    """True when the model integrates an ODE block with an adaptive solver (a controlled adaptive
+    solver is not one: the trajectory graph certifies it as deployed)."""
+    return any(not m.solver.is_fixed and not m.solver.is_cas for m in model.modules() if isinstance(m, ODEBlock))
 
 
 def adaptive_refusal(solver: object) -> str:
@@ -197,9 +226,11 @@ def adaptive_refusal(solver: object) -> str:
     describe = getattr(solver, "describe", None)
     name = describe() if callable(describe) else str(solver)
     return (f"{name} is an adaptive solver: its step sequence changes inside the perturbation ball, so a "
-            "certificate of one step sequence says nothing about the deployed model; certify the fixed-step "
-            "surrogate of the steps accepted on the clean input with fixed_steps=True (CLI: --fixed-steps), "
-            "which covers that surrogate only")
+            "certificate of one step sequence says nothing about the deployed model, and its continuous step-size "
+            "rule has no finite graph of step decisions to follow; certify its controlled-adaptive twin (CLI: "
+            "--solver cas-dopri5:TOL, certified as deployed by the trajectory graph) or the fixed-step surrogate "
+            "of the steps accepted on the clean input with fixed_steps=True (CLI: --fixed-steps), which covers "
+            "that surrogate only")
 
 
 def surrogate_description(solver: object, n_steps: int) -> str:
@@ -225,7 +256,7 @@ def lower(model: nn.Module, x: torch.Tensor | None = None, fixed_steps: bool = F
         ValueError: the surrogate of an adaptive solver without a single input ``x``.
     """
     blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
-    adaptive = [b for b in blocks if not b.solver.is_fixed]
+    adaptive = [b for b in blocks if not b.solver.is_fixed and not b.solver.is_cas]
     if adaptive and not fixed_steps:
         raise AdaptiveSolverError(adaptive_refusal(adaptive[0].solver))
     if adaptive and (x is None or x.dim() != 4 or x.shape[0] != 1):
@@ -248,6 +279,10 @@ def lower(model: nn.Module, x: torch.Tensor | None = None, fixed_steps: bool = F
 
 
 def _describe(model: nn.Module, parts: Sequence[Part], adaptive: Sequence[ODEBlock]) -> str:
+    cas = [p for p in parts if isinstance(p, CASFlow)]
+    if cas:
+        return (f"{cas[0].rule.tableau} CAS atol={cas[0].rule.atol:g} rtol={cas[0].rule.rtol:g} h0={cas[0].h0:g} "
+                f"T={cas[0].rule.T:g}, as deployed (trajectory graph)")
     if adaptive:
         return surrogate_description(adaptive[0].solver, sum(len(p.steps) for p in parts if isinstance(p, Flow)))
     if isinstance(model, ResNet):
@@ -313,12 +348,22 @@ def _unsupported(module: nn.Module, where: str) -> str:
             + ", ".join(t.__name__ for t in SUPPORTED_LAYERS) + ", ODEBlock (fields also ConcatConv2d)" + hint)
 
 
-def _ode_flow(block: ODEBlock, where: str, recorded: dict) -> Flow:
+def _ode_flow(block: ODEBlock, where: str, recorded: dict) -> Flow | CASFlow:
     s = block.solver
     field = _field_chain(block.field, f"{where}.field")
+    if s.is_cas:
+        return CASFlow(rule_for(s), cas_h0(block), field, where)
     steps = recorded.get(id(block)) or tuple((t0, dt, 1.0) for t0, dt in s.grid())
     tab = tableau_for_solver(s.method)
     return Flow(s.method, tab, tuple(Step(t0, dt, th, field) for t0, dt, th in steps), where)
+
+
+def cas_h0(block: ODEBlock) -> float:
+    """The first step a CAS block uses in eval mode: its fixed h0, or its learned running mean."""
+    s = block.solver
+    if s.step_size is not None:
+        return float(s.step_size)
+    return min(1.0, max(0.0, float(block.running_mean_step)))
 
 
 def _field_chain(field: nn.Module, where: str) -> tuple[Op, ...]:

@@ -1,0 +1,589 @@
+"""The trajectory graph of a controlled adaptive solver: every step decision of a whole ε-ball.
+
+A controlled adaptive solver (CAS, :mod:`models.cas`) tries steps whose sizes lie on a grid
+h₀·2ᵏ and, from the error ratio r of the embedded pair, rejects (r > 1: halve), accepts
+(r ≤ 1) or accepts and doubles the next step (r ≤ 2^−order). Inside an ε-ball r is an
+interval, so several decisions can be feasible; this module follows every feasible one. The
+solver's state after any history is a node (t, h, …) of a finite grid, and the states that
+reach one node by different paths are merged by their box hull (GAINS's *trajectory graph*),
+so the work grows with the grid, not with the number of paths.
+
+Bounds: the whole graph is one growing dense affine–sum–ReLU graph (:mod:`verify._dense_graph`)
+whose nodes are the stem, every tried Runge–Kutta step (all stages, the new state and the
+error estimate ``h Σ (b − b̂)_i k_i``), a *box node* for every merge and a head for every way
+to reach T. CROWN back-substitution (:class:`verify.crown.Crown`) runs through a path that is
+a single chain down to the input, and stops at a merge's box otherwise; every bound is
+intersected with interval arithmetic on the same graph (IBP with the CROWN pre-activation
+bounds), and the margin is the larger of its CROWN and interval bounds, minimised over the
+ways to reach T. The error ratio's interval decides the feasible decisions, widened by a
+relative :data:`RATIO_SLACK` so that floating-point differences between the deployed solver's
+arithmetic and this graph's cannot hide a decision.
+
+Soundness, by induction in topological order (t ascending, h descending): the box of a merged
+node holds every state any input of the ball has there (the hull of sound bounds of every
+incoming edge), a node reached by one edge is reached by one chain from the input or from a
+merged node, and a decision left out is infeasible for every input of the ball.
+
+References:
+    Zeqiri, Müller, Fischer, Vechev, "Efficient Certified Training and Robustness Verification
+    of Neural ODEs" (GAINS), ICLR 2023.
+    Zhang et al., "Efficient Neural Network Robustness Certification with General Activation
+    Functions" (CROWN), NeurIPS 2018.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Hashable, Sequence
+from typing import Protocol
+
+import torch
+
+from lipbound.tableau import ButcherTableau
+
+from models.fields import ConcatConv2d
+
+from ._dense_graph import DenseGraph, _Builder, _LayoutError, _leading_block, _Node
+from ._lower import Layers, Lowered, Op
+from .crown import Crown, _Relax, relu_relaxation
+
+#: relative widening of the error ratio's interval before the decisions are read from it.
+RATIO_SLACK = 1e-4
+#: trajectory-graph nodes above which an example is given up (its margins are −∞: not certified).
+MAX_NODES = 400
+
+
+class Rule(Protocol):
+    """A CAS's step decisions on its grid of nodes (see :mod:`verify._cas_rule`)."""
+
+    def root(self) -> Hashable:
+        """The node of the first step."""
+        ...
+
+    def attempt(self, node: Hashable) -> tuple[float, float]:
+        """(t0, dt) of the step tried at ``node``."""
+        ...
+
+    def forced(self, node: Hashable) -> bool:
+        """True when the step is accepted whatever its error (the minimum-step rule)."""
+        ...
+
+    def decisions(self, lo: float, hi: float) -> tuple[int, ...]:
+        """Codes (0 reject, 1 accept, 2 accept and double) some ratio in [lo, hi] takes."""
+        ...
+
+    def after(self, node: Hashable, code: int) -> Hashable | None:
+        """The next node after ``code`` at ``node`` (None: the accepted step reached T)."""
+        ...
+
+    def sort_key(self, node: Hashable) -> tuple[float, ...]:
+        """A topological order of the nodes (t ascending, h descending)."""
+        ...
+
+    @property
+    def needs_states(self) -> bool:
+        """Whether :meth:`ratio_bounds` reads the state boxes."""
+        ...
+
+    def ratio_bounds(self, err: tuple[torch.Tensor, torch.Tensor], y0: tuple[torch.Tensor, torch.Tensor] | None,
+                     y1: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[float, float]:
+        """Interval of the error ratio given boxes of the error (and of the state and the new state)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class CASFlowSpec:
+    """What the graph needs of a CAS-integrated ODE block: its tableau, field and rule."""
+
+    tableau: ButcherTableau
+    field: tuple[Op, ...]
+    rule: Rule
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphStats:
+    """The trajectory graph of one example at one ε.
+
+    Attributes:
+        nodes: (t, h) nodes visited (steps tried).
+        merges: nodes reached by more than one edge (box hulls).
+        branch_nodes: nodes where more than one decision is feasible.
+        finals: edges that reach T.
+        paths: complete step sequences the graph holds (counted, never enumerated).
+        gave_up: the graph exceeded :data:`MAX_NODES` (nothing certified).
+    """
+
+    nodes: int
+    merges: int
+    branch_nodes: int
+    finals: int
+    paths: int
+    gave_up: bool = False
+
+
+class _GraphCrown(Crown):
+    """CROWN pieces on a growing graph: relaxations from interval bounds, and back-substitution
+    that stops at a given state node (a step's source) instead of the input."""
+
+    def start(self, x: torch.Tensor, eps: float) -> None:
+        """Set the input set (the L∞ ball ∩ [0, 1]) and forget every bound."""
+        g = self.graph
+        x = g.flat_input(x.reshape(1, *g.input_shape))[0]
+        xl, xu = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+        self._input = ((xu + xl) / 2, (xu - xl) / 2)
+        self._eps, self._x = float(eps), x
+        self.bounds, self._relax, self._ibp = {}, {}, {}
+        self._abs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: interval of every box node (a merged state).
+        self.boxes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def bound_relus(self, first: int, crown: bool) -> None:
+        """Relaxations of every ReLU node from index ``first`` on, from interval bounds of its
+        pre-activation or (``crown``) from the best of three CROWN back-substitutions to the
+        input (the three lower slopes of :meth:`slope_variants`) and interval bounds."""
+        nodes = self.graph.nodes
+        for i in range(first, len(nodes)):
+            if nodes[i].kind == "relu":
+                p = nodes[i].src[0]
+                self.bounds[p] = self._best_of_three(p) if crown else self._interval(p)
+                self._relax[i] = relu_relaxation(*self.bounds[p])
+
+    def _best_of_three(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        node = self.graph.nodes[p]
+        lo, hi = self._interval(p)
+        if node.kind == "affine" and node.src[0] == 0:
+            return lo, hi
+        eye = torch.eye(node.dim, dtype=lo.dtype, device=lo.device)
+        base = dict(self._relax)
+        self.slope_variants(2 * node.dim)
+        both = self._backward({p: torch.cat([eye, -eye]).repeat(3, 1)}, 6 * node.dim).view(3, 2, node.dim)
+        self._relax = base
+        return torch.maximum(both[:, 0].amax(0), lo), torch.minimum(-both[:, 1].amax(0), hi)
+
+    def _interval(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i in self.boxes:
+            return self.boxes[i]
+        node = self.graph.nodes[i]
+        if node.kind != "affine" or i in self.bounds or i in self._ibp or (node.src[0] == 0 and self.norm == "2"):
+            return super()._interval(i)
+        # The dense |W| of a field convolution is shared by every stage of every step: kept once.
+        key = id(node.weight)
+        if key not in self._abs:
+            self._abs[key] = (node.weight, node.weight.abs())
+        lo, hi = self._interval(node.src[0])
+        center = node.weight @ ((hi + lo) / 2) + node.bias
+        dev = self._abs[key][1] @ ((hi - lo) / 2)
+        self._ibp[i] = (center - dev, center + dev)
+        return self._ibp[i]
+
+    def slope_variants(self, rows: int) -> None:
+        """Replace every ReLU relaxation by three stacked ones for ``3·rows`` back-substituted rows:
+        the adaptive lower slope, slope 0 and slope 1 on the unstable neurons (the bound of each
+        block of rows is valid; the best per margin is kept, as GAINS keeps the best of its three)."""
+        self._relax = {i: _ThreeSlopes.of(r) for i, r in self._relax.items()}
+
+    def back_to(self, start: int, A: torch.Tensor, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A @ v[start] ≥ A' @ v[stop] + c`` for every value of the nodes between: (A', c).
+
+        Every path from ``start`` back must reach ``stop`` before anything older (true for a
+        step and its source state, and for a head and its state).
+        """
+        g = self.graph
+        acc: dict[int, tuple[torch.Tensor, bool]] = {start: (A, False)}
+        bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+        for i in range(start, stop, -1):
+            entry = acc.pop(i, None)
+            if entry is None:
+                continue
+            A, node = entry[0], g.nodes[i]
+            if node.kind == "affine":
+                bias.addmv_(A, node.bias)
+                self._add(acc, node.src[0], node.back(A), owned=True)
+            elif node.kind == "sum":
+                if node.bias is not None:
+                    bias.addmv_(A, node.bias)
+                for c, s in zip(node.coef, node.src):
+                    self._add(acc, s, A, c)
+            else:
+                coef, b = self._relax[i].back(A)
+                bias += b
+                self._add(acc, node.src[0], coef, owned=True)
+        if set(acc) != {stop}:
+            raise ValueError(f"back-substitution from node {start} left nodes {sorted(acc)} besides {stop}")
+        return acc[stop][0], bias
+
+
+@dataclasses.dataclass(frozen=True)
+class _ThreeSlopes:
+    """A ReLU relaxation with three lower slopes, applied to three equal blocks of rows."""
+
+    lower_d: torch.Tensor  # (3, 1, dim)
+    gap: torch.Tensor  # (3, 1, dim)
+    upper_b: torch.Tensor  # (dim,)
+
+    @classmethod
+    def of(cls, r: _Relax) -> _ThreeSlopes:
+        unstable = r.gap != 0
+        lower = torch.stack([r.lower_d, torch.where(unstable, 0.0, r.lower_d), torch.where(unstable, 1.0, r.lower_d)])
+        return cls(lower.unsqueeze(1), (r.gap + r.lower_d) - lower.unsqueeze(1), r.upper_b)
+
+    def back(self, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`verify.crown._Relax.back`, block k of the rows with slope k."""
+        A3 = A.view(3, -1, A.shape[1])
+        neg = A3.clamp(max=0)
+        out = A3 * self.lower_d
+        out.addcmul_(neg, self.gap)
+        return out.view_as(A), neg.view_as(A) @ self.upper_b
+
+
+Expr = tuple[torch.Tensor, torch.Tensor]  # (A, c): the bound A @ y + c of a state y, one row per margin
+
+
+def _box_min(A: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """min over y in the box of A @ y, per row."""
+    lo, hi = box
+    return A @ ((hi + lo) / 2) - A.abs() @ ((hi - lo) / 2)
+
+
+def _fold(As: torch.Tensor, cs: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> Expr:
+    """GAINS's pairwise aggregation: in order of increasing bound over the box, ``min(x0, x1)``
+    with ``d = x0 − x1 ∈ [l, u]`` is x0 (u ≤ 0), x1 (l ≥ 0), else at least the convex combination
+    ``λ x0 + (1 − λ) x1 + u·l/(u − l)``, λ = −l/(u − l) (the triangle relaxation of x0 − relu(d))."""
+    order = (torch.stack([_box_min(A, box) for A in As]) + cs).argsort(0)  # (k, rows)
+    As = As.gather(0, order.unsqueeze(-1).expand_as(As))
+    cs = cs.gather(0, order)
+    A, c = As[0], cs[0]
+    for A1, c1 in zip(As[1:], cs[1:]):
+        D = A - A1
+        lo, hi = _box_min(D, box) + c - c1, -_box_min(-D, box) + c - c1
+        width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        lam = torch.where(hi <= 0, 1.0, torch.where(lo >= 0, 0.0, -lo / width))
+        shift = torch.where((hi > 0) & (lo < 0), hi * lo / width, torch.zeros_like(hi))
+        A = lam.unsqueeze(1) * A + (1 - lam).unsqueeze(1) * A1
+        c = lam * c + (1 - lam) * c1 + shift
+    return A, c
+
+
+def aggregate(exprs: Sequence[Expr], box: tuple[torch.Tensor, torch.Tensor]) -> Expr:
+    """One linear lower bound of ``min_b (A_b y + c_b)`` valid for every y in the box.
+
+    With any A*, ``A_b y + c_b ≥ A* y + c_b + min_box (A_b − A*) y`` for each b, so
+    ``A* y + min_b [c_b + min_box (A_b − A*) y]`` bounds the minimum. A* is chosen per row among
+    the A_b, their mean and GAINS's pairwise aggregation (:func:`_fold`, itself such a bound), by
+    the largest bound over the box.
+    """
+    if len(exprs) == 1:
+        return exprs[0]
+    As = torch.stack([e[0] for e in exprs])  # (k, rows, dim)
+    cs = torch.stack([e[1] for e in exprs])  # (k, rows)
+    fold_A, fold_c = _fold(As, cs, box)
+    cands = torch.cat([As, As.mean(0, keepdim=True)])  # (k+1, rows, dim)
+    best_A, best_c, best_v = fold_A, fold_c, _box_min(fold_A, box) + fold_c
+    for A in cands:
+        c = (cs + torch.stack([_box_min(Ab - A, box) for Ab in As])).amin(0)
+        v = _box_min(A, box) + c
+        better = v > best_v
+        best_A = torch.where(better.unsqueeze(1), A, best_A)
+        best_c, best_v = torch.where(better, c, best_c), torch.maximum(v, best_v)
+    return best_A, best_c
+
+
+def _needed_stages(tab: ButcherTableau) -> list[bool]:
+    """Stages the new state, the error estimate or a later needed stage uses."""
+    a, b, e = tab.a_float, tab.b_float, _err_weights(tab)
+    s = len(b)
+    need = [False] * s
+    for i in range(s - 1, -1, -1):
+        need[i] = b[i] != 0.0 or e[i] != 0.0 or any(need[k] and a[k][i] != 0.0 for k in range(i + 1, s))
+    return need
+
+
+def _err_weights(tab: ButcherTableau) -> tuple[float, ...]:
+    """b − b̂: the error estimate is h Σ (b − b̂)_i k_i (torchdiffeq's ``c_error``)."""
+    if tab.b_err is None:
+        raise ValueError(f"tableau {tab.name!r} has no embedded pair: a CAS needs one")
+    return tuple(float(p - q) for p, q in zip(tab.b, tab.b_err))
+
+
+class _StepBuilder(_Builder):
+    """The dense builder, its field convolutions' row norms kept once (every stage of every step
+    reuses the same matrices)."""
+
+    def field_conv(self, conv: ConcatConv2d, t: float) -> None:
+        key = (id(conv), self.shape)
+        if key not in self._field_cache or key not in _NORMS.get(id(self._field_cache), {}):
+            super().field_conv(conv, t)
+            _NORMS.setdefault(id(self._field_cache), {})[key] = self._pending[2]
+            return
+        w, b0, slope, conv_t, out_shape = self._field_cache[key]
+        src = self.flush()
+        self._pending = (w, b0 if slope is None else b0 + t * slope, _NORMS[id(self._field_cache)][key], src, conv_t)
+        self.shape = out_shape
+
+
+#: row norms of the cached field matrices, per builder cache (keyed by the cache's id while it lives).
+_NORMS: dict[int, dict] = {}
+
+
+class _Graph:
+    """The growing dense graph of one example: stem, tried steps, merges and heads."""
+
+    def __init__(self, ir: Lowered, flow_index: int, like: torch.Tensor) -> None:
+        self.ir, self.like = ir, like
+        stem = [p for p in ir.parts[:flow_index] if isinstance(p, Layers)]
+        self.head: tuple[Op, ...] = tuple(op for p in ir.parts[flow_index + 1:] for op in p.ops)
+        block = _leading_block(ir)
+        try:
+            self.builder, self.state = self._stem(stem, block)
+        except _LayoutError:
+            self.builder, self.state = self._stem(stem, 1)
+        self.state_shape = self.builder.shape
+        self.dense = DenseGraph(ir.input_shape, [], ir.description, self.builder.input_block)
+        self.dense.nodes = self.builder.nodes  # one list, grown in place
+        self.heads: dict[int, int] = {}
+        self._coef: tuple | None = None
+
+    def copy(self) -> _Graph:
+        """A graph with this one's stem, ready for another example (matrices shared)."""
+        g = copy.copy(self)
+        g.builder = copy.copy(self.builder)
+        g.builder.nodes = list(self.builder.nodes)
+        g.dense = DenseGraph(self.ir.input_shape, [], self.ir.description, self.builder.input_block)
+        g.dense.nodes = g.builder.nodes
+        g.heads = {}
+        return g
+
+    def _stem(self, stem: Sequence[Layers], block: int) -> tuple[_Builder, int]:
+        b = _StepBuilder(self.ir.input_shape, self.like, block)
+        for part in stem:
+            b.sequential(part.ops)
+        state = b.flush()
+        if b.block != 1:
+            raise _LayoutError("space-to-depth layout not undone before the ODE block")
+        return b, state
+
+    def _at(self, node: int) -> _Builder:
+        b = self.builder
+        b.cur, b.shape, b._pending, b.block = node, self.state_shape, None, 1
+        return b
+
+    def step(self, spec: CASFlowSpec, y: int, t0: float, dt: float) -> tuple[int, int]:
+        """Append one tried step from state node ``y``; returns (new state node, error node)."""
+        if self._coef is None:
+            tab = spec.tableau
+            self._coef = (tab.a_float, tab.c_float, tab.b_float, _err_weights(tab), _needed_stages(tab))
+        a, c, bw, e, needed = self._coef
+        ks: dict[int, int] = {}
+        dim = self.builder.nodes[y].dim
+        for i, use in enumerate(needed):
+            if not use:
+                continue
+            terms = [j for j in range(i) if a[i][j] != 0.0]
+            b = self._at(y)
+            if terms:
+                b.cur = b._append(_Node("sum", (y, *(ks[j] for j in terms)),
+                                        coef=(1.0, *(dt * a[i][j] for j in terms)), dim=dim))
+            b.sequential(spec.field, t0 + c[i] * dt)
+            ks[i] = b.flush()
+            if b.shape != self.state_shape:
+                raise ValueError(f"the vector field maps states {self.state_shape} to {b.shape}")
+        out = [i for i in ks if bw[i] != 0.0]
+        y1 = self.builder._append(_Node("sum", (y, *(ks[i] for i in out)), coef=(1.0, *(dt * bw[i] for i in out)),
+                                        dim=dim))
+        errs = [i for i in ks if e[i] != 0.0]
+        err = self.builder._append(_Node("sum", tuple(ks[i] for i in errs), coef=tuple(dt * e[i] for i in errs),
+                                         dim=dim))
+        return y1, err
+
+    def box(self) -> int:
+        """Append a box node (a merged state; its interval is kept by the CROWN object)."""
+        return self.builder._append(_Node("box", dim=self.builder.nodes[self.state].dim))
+
+    def head_of(self, y: int) -> int:
+        """The logits node of the head after state node ``y`` (appended once per state)."""
+        if y not in self.heads:
+            b = self._at(y)
+            b.sequential(self.head)
+            self.heads[y] = b.flush()
+        return self.heads[y]
+
+
+@dataclasses.dataclass
+class _Visit:
+    """One graph node as visited: its state node, the sources merged into it, its step's output."""
+
+    state: int
+    sources: tuple[int, ...]
+    y1: int
+
+
+def _forward(graph: _Graph, crown: _GraphCrown, spec: CASFlowSpec, max_nodes: int
+             ) -> tuple[list[_Visit], list[int], GraphStats]:
+    """Visit every node any input of the ball reaches (interval bounds; the relaxations of every
+    ReLU set); returns the visits in topological order, the states that reach T and statistics."""
+    rule = spec.rule
+    pending: dict[Hashable, list[int]] = {rule.root(): [graph.state]}
+    paths: dict[Hashable, int] = {rule.root(): 1}
+    visits: list[_Visit] = []
+    finals: list[int] = []
+    merges = branches = n_paths = 0
+    while pending:
+        node = min(pending, key=rule.sort_key)
+        sources = tuple(dict.fromkeys(pending.pop(node)))
+        count = paths.pop(node)
+        if len(visits) >= max_nodes:
+            return visits, finals, GraphStats(len(visits) + 1, merges, branches, len(finals), 0, gave_up=True)
+        if len(sources) == 1:
+            y = sources[0]
+        else:
+            merges += 1
+            boxes = [crown._interval(i) for i in sources]
+            y = graph.box()
+            crown.boxes[y] = (torch.stack([b[0] for b in boxes]).amin(0), torch.stack([b[1] for b in boxes]).amax(0))
+        t0, dt = rule.attempt(node)
+        first = len(graph.builder.nodes)
+        y1, err = graph.step(spec, y, t0, dt)
+        crown.bound_relus(first, crown=False)
+        visits.append(_Visit(y, sources, y1))
+        if rule.forced(node):
+            codes: tuple[int, ...] = (1,)
+        else:
+            states = (crown._interval(y), crown._interval(y1)) if rule.needs_states else (None, None)
+            codes = rule.decisions(*rule.ratio_bounds(crown._interval(err), *states))
+        branches += len(codes) > 1
+        for code in codes:
+            nxt = rule.after(node, code)
+            src = y if code == 0 else y1
+            if nxt is None:
+                finals.append(src)
+                n_paths += count
+            else:
+                pending.setdefault(nxt, []).append(src)
+                paths[nxt] = paths.get(nxt, 0) + count
+    return visits, finals, GraphStats(len(visits), merges, branches, len(finals), n_paths)
+
+
+def _backward(graph: _Graph, crown: _GraphCrown, visits: Sequence[_Visit], finals: Sequence[int],
+              C: torch.Tensor) -> torch.Tensor:
+    """Lower bounds of ``C @ logits`` for every path: from each head back through the graph, the
+    expressions of a state's users aggregated (:func:`aggregate`) before each step back."""
+    exprs: dict[int, list[Expr]] = {}
+    for y in dict.fromkeys(finals):
+        first = len(graph.builder.nodes)
+        logits = graph.head_of(y)
+        crown.bound_relus(first, crown=False)
+        exprs.setdefault(y, []).append(crown.back_to(logits, C, y))
+    for v in reversed(visits):
+        if v.y1 in exprs:
+            A, c = aggregate(exprs.pop(v.y1), crown._interval(v.y1))
+            A0, c0 = crown.back_to(v.y1, A, v.state)
+            exprs.setdefault(v.state, []).append((A0, c0 + c))
+        if len(v.sources) > 1 and v.state in exprs:
+            merged = aggregate(exprs.pop(v.state), crown._interval(v.state))
+            for s in v.sources:
+                exprs.setdefault(s, []).append(merged)
+    A, c = aggregate(exprs.pop(graph.state), crown._interval(graph.state))
+    if exprs:
+        raise ValueError(f"trajectory graph: expressions left at nodes {sorted(exprs)}")
+    return crown._backward({graph.state: A}, A.shape[0]) + c
+
+
+def _interval_margins(graph: _Graph, crown: _GraphCrown, finals: Sequence[int], C: torch.Tensor) -> torch.Tensor:
+    """Interval (IBP) lower bounds of ``C @ logits``, the last affine map merged into C, min over the heads."""
+    out = None
+    for y in dict.fromkeys(finals):
+        logits = graph.head_of(y)
+        node = graph.builder.nodes[logits]
+        if node.kind == "affine":
+            lb = _box_min(C @ node.weight, crown._interval(node.src[0])) + C @ node.bias
+        else:
+            lb = _box_min(C, crown._interval(logits))
+        out = lb if out is None else torch.minimum(out, lb)
+    return out
+
+
+def trajectory_margins(ir: Lowered, flow_index: int, spec: CASFlowSpec, x: torch.Tensor, eps: float,
+                       C: torch.Tensor, max_nodes: int = MAX_NODES, template: _Graph | None = None
+                       ) -> tuple[torch.Tensor, GraphStats]:
+    """Lower bounds (K',) on ``C @ logits`` over the L∞ ball ∩ [0, 1] for every trajectory the CAS takes.
+
+    Args:
+        ir: the lowered model; ``ir.parts[flow_index]`` is the CAS block.
+        flow_index: position of the CAS block in ``ir.parts``.
+        spec: the block's tableau, field and decision rule.
+        x: one input (1, C, H, W) or (C, H, W).
+        eps: L∞ radius.
+        C: (K', K) specification.
+        max_nodes: give up (−∞ bounds) above this many graph nodes.
+        template: a graph of the same IR built before (its stem and matrices are reused).
+
+    Returns:
+        (bounds, statistics of the graph).
+    """
+    graph = (template or _Graph(ir, flow_index, torch.zeros((), dtype=ir.dtype, device=ir.device))).copy()
+    crown = _GraphCrown(graph.dense, "inf")
+    crown.start(x, eps)
+    crown.bound_relus(1, crown=True)
+    visits, finals, stats = _forward(graph, crown, spec, max_nodes)
+    if stats.gave_up:
+        return torch.full((C.shape[0],), -float("inf"), dtype=C.dtype, device=C.device), stats
+    C = C.to(ir.dtype)
+    ibp = _interval_margins(graph, crown, finals, C)
+    crown.slope_variants(C.shape[0])
+    lb = _backward(graph, crown, visits, finals, C.repeat(3, 1)).view(3, -1).amax(0)
+    return torch.maximum(lb, ibp), stats
+
+
+class TrajectoryGraph:
+    """The engine of a model with a controlled adaptive solver: margins over every trajectory.
+
+    Implements the :class:`verify.engines.Engine` protocol for the L∞ ball ∩ [0, 1].
+
+    Args:
+        ir: a lowered model with exactly one :class:`verify._lower.CASFlow` and no other flow.
+        norm: ``"inf"``.
+        max_nodes: graph nodes above which an example is given up (not certified).
+
+    Attributes:
+        last_stats: per example of the last :meth:`margins` call, its :class:`GraphStats`.
+
+    Raises:
+        CertifyError: another norm, or not exactly one CAS block.
+    """
+
+    name = "trajectory"
+    search_reference = False
+
+    def __init__(self, ir: Lowered, norm: str, max_nodes: int = MAX_NODES) -> None:
+        from ._cas_rule import CASGraphRule
+        from ._errors import CertifyError
+        from ._lower import CASFlow, Flow
+
+        if norm != "inf":
+            raise CertifyError(f"the trajectory graph of a controlled adaptive solver certifies L∞ balls; "
+                               f"got norm {norm!r}")
+        cas = [k for k, p in enumerate(ir.parts) if isinstance(p, CASFlow)]
+        if len(cas) != 1 or any(isinstance(p, Flow) for p in ir.parts):
+            raise CertifyError("the trajectory graph certifies a model with one controlled-adaptive ODE block "
+                               f"and no other ODE block; {ir.description} has {len(cas)}")
+        flow = ir.parts[cas[0]]
+        self.ir, self.index, self.max_nodes = ir, cas[0], max_nodes
+        self.spec = CASFlowSpec(flow.tableau, flow.field, CASGraphRule(flow.rule, flow.h0))
+        self._template = _Graph(ir, self.index, torch.zeros((), dtype=ir.dtype, device=ir.device))
+        self.last_stats: list[GraphStats] = []
+
+    def margins(self, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor,
+                reference: object | None = None) -> torch.Tensor:
+        """(N, K') lower bounds on ``C @ logits`` for every trajectory of each example's ball."""
+        out, self.last_stats = [], []
+        with torch.no_grad():
+            for i in range(x.shape[0]):
+                lb, stats = trajectory_margins(self.ir, self.index, self.spec, x[i:i + 1], float(eps[i]), C[i],
+                                               self.max_nodes, self._template)
+                out.append(lb)
+                self.last_stats.append(stats)
+        return torch.stack(out)
+
+    def reference(self) -> None:
+        return None
