@@ -157,6 +157,9 @@ def _context(config: dict[str, Any], records: Sequence[dict[str, Any]]) -> list[
     covers = list(dict.fromkeys(str(r["certificate_covers"]) for r in records if r.get("certificate_covers")))
     if covers:
         lines.append("certificate covers: " + "; ".join(covers))
+    nodes = sorted(max(n for _, n in r["trajectory_nodes"]) for r in records if r.get("trajectory_nodes"))
+    if nodes:
+        lines.append(f"trajectory graph: {nodes[len(nodes) // 2]} nodes per example (median; {nodes[0]}..{nodes[-1]})")
     return lines
 
 
