@@ -50,6 +50,8 @@ from .crown import Crown, _Relax, relu_relaxation
 
 #: relative widening of the error ratio's interval before the decisions are read from it.
 RATIO_SLACK = 1e-4
+#: steps of single paths from the input whose error estimate is also bounded by back-substitution to it.
+CHAIN_CROWN = 12
 #: trajectory-graph nodes above which an example is given up (its margins are −∞: not certified).
 MAX_NODES = 400
 
@@ -182,6 +184,15 @@ class _GraphCrown(Crown):
         the adaptive lower slope, slope 0 and slope 1 on the unstable neurons (the bound of each
         block of rows is valid; the best per margin is kept, as GAINS keeps the best of its three)."""
         self._relax = {i: _ThreeSlopes.of(r) for i, r in self._relax.items()}
+
+    def node_bounds(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds of node i (reached from the input without a merge): CROWN back-substitution to
+        the input intersected with interval arithmetic."""
+        dim = self.graph.nodes[i].dim
+        eye = torch.eye(dim, dtype=self._x.dtype, device=self._x.device)
+        both = self._backward({i: torch.cat([eye, -eye])}, 2 * dim)
+        lo, hi = self._interval(i)
+        return torch.maximum(both[:dim], lo), torch.minimum(-both[dim:], hi)
 
     def back_to(self, start: int, A: torch.Tensor, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``A @ v[start] ≥ A' @ v[stop] + c`` for every value of the nodes between: (A', c).
@@ -427,6 +438,7 @@ def _forward(graph: _Graph, crown: _GraphCrown, spec: CASFlowSpec, max_nodes: in
     paths: dict[Hashable, int] = {rule.root(): 1}
     visits: list[_Visit] = []
     finals: list[int] = []
+    chain = {graph.state}  # states reached from the input by one path: their steps back-substitute to it
     merges = branches = n_paths = 0
     while pending:
         node = min(pending, key=rule.sort_key)
@@ -451,6 +463,10 @@ def _forward(graph: _Graph, crown: _GraphCrown, spec: CASFlowSpec, max_nodes: in
         else:
             states = (crown._interval(y), crown._interval(y1)) if rule.needs_states else (None, None)
             codes = rule.decisions(*rule.ratio_bounds(crown._interval(err), *states))
+            if len(codes) > 1 and y in chain and len(chain) <= CHAIN_CROWN:
+                codes = rule.decisions(*rule.ratio_bounds(crown.node_bounds(err), *states))
+        if y in chain:
+            chain.add(y1)
         branches += len(codes) > 1
         for code in codes:
             nxt = rule.after(node, code)
@@ -572,6 +588,8 @@ class TrajectoryGraph:
         self.spec = CASFlowSpec(flow.tableau, flow.field, CASGraphRule(flow.rule, flow.h0))
         self._template = _Graph(ir, self.index, torch.zeros((), dtype=ir.dtype, device=ir.device))
         self.last_stats: list[GraphStats] = []
+        #: (ε, nodes) of every example bounded so far, in order (the run layer reads and clears it).
+        self.history: list[tuple[float, int]] = []
 
     def margins(self, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor,
                 reference: object | None = None) -> torch.Tensor:
@@ -583,6 +601,7 @@ class TrajectoryGraph:
                                                self.max_nodes, self._template)
                 out.append(lb)
                 self.last_stats.append(stats)
+                self.history.append((float(eps[i]), stats.nodes))
         return torch.stack(out)
 
     def reference(self) -> None:
