@@ -174,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "dataset": preset.dataset, "protocol": "train: split 'train'; accuracy: split 'test' (held out)",
         "recipe": dataclasses.asdict(recipe), "cert_recipe": dataclasses.asdict(cfg),
-        "eps_schedule": (f"{cfg.warmup_epochs} clean epochs, then a smooth ramp (degree {cfg.exponent:g} to "
-                         f"{cfg.mid_point:g} of it, then linear) over {cfg.ramp_epochs} epochs to ε={cfg.eps:g}"),
+        "eps_schedule": (f"{cfg.warmup_epochs} clean epochs, then "
+                         + ("a linear ramp" if cfg.exponent == 1 else
+                            f"a smooth ramp (degree {cfg.exponent:g} to {cfg.mid_point:g} of it, then linear)")
+                         + f" over {cfg.ramp_epochs} epochs to ε={cfg.eps:g}, κ {cfg.kappa_start:g} → "
+                           f"{cfg.kappa_end:g} over the ramp"),
         "n_train": int(x_tr.shape[0]), "held_out_accuracy": acc, "held_out_n": int(y_te.shape[0]),
         "certified_accuracy": {"method": "ibp", "norm": "inf", "eps": cfg.certify_eps, "accuracy": cert,
                                "n": int(y_te.shape[0])},
