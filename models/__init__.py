@@ -16,6 +16,7 @@ from .fields import ChenField as ChenField
 from .fields import ConcatConv2d as ConcatConv2d
 from .fields import FIELDS as FIELDS
 from .fields import VerifiableField as VerifiableField
+from .gains import GainsODENet as GainsODENet
 from .lenet import MLP as MLP
 from .lenet import LeNet5 as LeNet5
 from .odenet import ODEBlock as ODEBlock
@@ -33,7 +34,8 @@ from .solver import SolverConfig as SolverConfig
 from .solver import SolverConfigError as SolverConfigError
 
 #: CLI / checkpoint name -> model class.
-MODELS: dict[str, type[Classifier]] = {"ode": ODENet, "resnet": ResNet, "lenet5": LeNet5, "mlp": MLP}
+MODELS: dict[str, type[Classifier]] = {"ode": ODENet, "resnet": ResNet, "lenet5": LeNet5, "mlp": MLP,
+                                       "gains": GainsODENet}
 
 
 class UnknownArchitectureError(ValueError):
@@ -53,7 +55,7 @@ def build_model(arch: str, **config: Any) -> Classifier:
 
 __all__ = [
     "DATASETS", "DataError", "DownloadError", "data_root", "download_dataset", "load_dataset",
-    "ADAPTIVE_METHODS", "CAS_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier", "ConcatConv2d",
+    "ADAPTIVE_METHODS", "CAS_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier", "ConcatConv2d", "GainsODENet",
     "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
     "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",
     "build_model", "REJECT", "RandomizationError", "ToleranceRandomized", "VoteResult",

@@ -36,7 +36,6 @@ from .base import Classifier
 from .fields import ConcatConv2d
 from .odenet import ODEBlock
 from .solver import SolverConfig
-from .train import CheckpointError, NotACheckpointError, _read_weights
 
 #: GAINS's MNIST normalisation.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -127,6 +126,8 @@ def gains_solver(path: str | Path) -> tuple[str, SolverConfig]:
     Raises:
         CheckpointError: a method that is not one of GAINS's controlled adaptive solvers with factor 2.
     """
+    from .train import CheckpointError
+
     m = _METHOD_IN_NAME.search(Path(path).name)
     name = m.group(1) if m else DEFAULT_METHOD
     if name not in GAINS_METHODS:
@@ -153,6 +154,8 @@ def load_gains(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ga
             missing key or mismatched shape).
         NotACheckpointError: a file ``torch.load(weights_only=True)`` cannot read as plain data.
     """
+    from .train import CheckpointError, NotACheckpointError, _read_weights
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no GAINS checkpoint at {str(path)!r}")

@@ -284,6 +284,17 @@ def test_forward_equals_gains_fixture(key: str) -> None:
         assert _gains_codes(steps) == row["trajectory"]
 
 
+def test_gains_model_saves_as_our_checkpoint(tmp_path: Path) -> None:
+    from models.train import load_checkpoint, save_checkpoint
+    from models.zoo import load
+
+    model = load(f"gains:{_gains_ckpt('0.22')}")
+    back, meta = load_checkpoint(save_checkpoint(tmp_path / "g", model, {}))
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert meta["arch"] == "gains" and torch.equal(back(x), model(x))
+
+
 def test_gains_model_is_a_lowerable_chain() -> None:
     from verify._lower import lower
 
