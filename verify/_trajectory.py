@@ -50,8 +50,9 @@ from .crown import Crown, _Relax, relu_relaxation
 
 #: relative widening of the error ratio's interval before the decisions are read from it.
 RATIO_SLACK = 1e-4
-#: steps of single paths from the input whose error estimate is also bounded by back-substitution to it.
-CHAIN_CROWN = 12
+#: steps of single paths from the ODE block's input whose error estimate is also bounded by
+#: back-substitution to that input (at most this many such states).
+CHAIN_CROWN = 8
 #: trajectory-graph nodes above which an example is given up (its margins are −∞: not certified).
 MAX_NODES = 400
 
@@ -185,12 +186,13 @@ class _GraphCrown(Crown):
         block of rows is valid; the best per margin is kept, as GAINS keeps the best of its three)."""
         self._relax = {i: _ThreeSlopes.of(r) for i, r in self._relax.items()}
 
-    def node_bounds(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bounds of node i (reached from the input without a merge): CROWN back-substitution to
-        the input intersected with interval arithmetic."""
+    def bounds_over(self, i: int, state: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds of node i computed from ``state`` without a merge: CROWN back-substitution to
+        that state, concretised over its interval, intersected with interval arithmetic."""
         dim = self.graph.nodes[i].dim
         eye = torch.eye(dim, dtype=self._x.dtype, device=self._x.device)
-        both = self._backward({i: torch.cat([eye, -eye])}, 2 * dim)
+        A, c = self.back_to(i, torch.cat([eye, -eye]), state)
+        both = _box_min(A, self._interval(state)) + c
         lo, hi = self._interval(i)
         return torch.maximum(both[:dim], lo), torch.minimum(-both[dim:], hi)
 
@@ -439,6 +441,7 @@ def _forward(graph: _Graph, crown: _GraphCrown, spec: CASFlowSpec, max_nodes: in
     visits: list[_Visit] = []
     finals: list[int] = []
     chain = {graph.state}  # states reached from the input by one path: their steps back-substitute to it
+    tighten = True
     merges = branches = n_paths = 0
     while pending:
         node = min(pending, key=rule.sort_key)
@@ -463,8 +466,10 @@ def _forward(graph: _Graph, crown: _GraphCrown, spec: CASFlowSpec, max_nodes: in
         else:
             states = (crown._interval(y), crown._interval(y1)) if rule.needs_states else (None, None)
             codes = rule.decisions(*rule.ratio_bounds(crown._interval(err), *states))
-            if len(codes) > 1 and y in chain and len(chain) <= CHAIN_CROWN:
-                codes = rule.decisions(*rule.ratio_bounds(crown.node_bounds(err), *states))
+            if len(codes) > 1 and y in chain and len(chain) <= CHAIN_CROWN and tighten:
+                tight = rule.decisions(*rule.ratio_bounds(crown.bounds_over(err, graph.state), *states))
+                tighten = len(tight) < len(codes)  # later steps are bounded no better: stop when this one gains nothing
+                codes = tight
         if y in chain:
             chain.add(y1)
         branches += len(codes) > 1

@@ -1,0 +1,195 @@
+"""GAINS's verifier against ours on GAINS's own models, deployed solver, same images and ε.
+
+Both certify GAINS's released MNIST ODE-nets (ε_t = 0.11 and 0.22) *as deployed*, with their
+controlled adaptive dopri5: GAINS with its trajectory graph (Box + DeepPoly), its per-(image, ε)
+rows read from the cache of :mod:`benchmarks._gains_peer` (GAINS runs as a subprocess there,
+one thread); ours with :class:`verify.TrajectoryGraph` through :func:`verify.certify` (one
+thread, one image per call), on exactly the images GAINS has covered. Like GAINS, we attempt
+ε = 0.15 only on images certified at 0.1, and 0.2 only on those certified at 0.15, so both
+sides make the same kind of attempts and their certified accuracies are nested in ε.
+
+Reported per model and ε: certified accuracy of both, the images GAINS certifies and we do not
+(target 0) with both margin bounds, seconds per (image, ε) attempt of both and their ratio
+(target ≤ 0.1), our trajectory-graph nodes, and our peak memory (the process's maximum
+resident set, ``resource.getrusage``). GAINS's seconds were measured when the cache was filled;
+the machine's load at both times is recorded as the load average.
+
+Run: ``python -m benchmarks.gains_vs_ours`` (resumable: ``benchmarks/results/gains_vs_ours.jsonl``
+holds one row per (model, image, ε) attempt; results in ``benchmarks/results/gains_vs_ours.json|md``).
+
+References:
+    Zeqiri, Müller, Fischer, Vechev, "Efficient Certified Training and Robustness Verification
+    of Neural ODEs", ICLR 2023.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._gains_peer import GAINS_DIR, GAINS_EPS, TARGETS, load_rows
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = RESULTS / "gains_vs_ours.jsonl"
+#: the first official test-set position of mnist-t10k's held-out split.
+HELD_OUT_START = 8000
+
+
+def checkpoint(target: float) -> Path:
+    """GAINS's released certified (box) checkpoint for ε_t = target."""
+    return (GAINS_DIR / "models" / "pre-trained" / "MNIST" /
+            f"boxactivation_mini_method_dopri5_0.005_2a_epoch_100_seed_12345_target_{target:g}_gamma_0.01_omega_0.0_"
+            "traj_0_run_1.0.pth.tar")
+
+
+def _done() -> dict[tuple[float, int, float], dict[str, Any]]:
+    if not ROWS.exists():
+        return {}
+    rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+    return {(r["target"], r["index"], r["eps"]): r for r in rows}
+
+
+def run_ours(target: float, images: list[int]) -> None:
+    """Certify the images with our verifier, appending one row per attempt (skipping those done)."""
+    from models.data import load_dataset
+    from models.gains import load_gains
+    from verify import certify
+
+    done = _done()
+    model, _ = load_gains(checkpoint(target))
+    x, y = load_dataset("mnist-t10k", split="test")
+    for index in images:
+        xi, yi = x[index - HELD_OUT_START: index - HELD_OUT_START + 1], y[index - HELD_OUT_START: index - HELD_OUT_START + 1]
+        with torch.no_grad():
+            correct = bool(model(xi).argmax(1) == yi)
+        for eps in GAINS_EPS:
+            key = (target, index, eps)
+            if key in done:
+                if not done[key]["cert"]:
+                    break
+                continue
+            row: dict[str, Any] = {"target": target, "index": index, "eps": eps, "label": int(yi), "clean_correct": correct,
+                                   "attempted": correct, "cert": False, "min_lb": None, "time_s": None, "nodes": None}
+            if correct:
+                t0 = time.perf_counter()
+                res = certify(model, xi, yi, eps)
+                row.update(time_s=round(time.perf_counter() - t0, 3), cert=bool(res.certified[0]),
+                           min_lb=round(float(res.lower.min()), 5), covers=res.covers)
+                row["nodes"] = _last_nodes()
+            row["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            row["load_avg"] = round(os.getloadavg()[0], 2)
+            with ROWS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if not row["cert"]:
+                break
+
+
+def _last_nodes() -> int | None:
+    """Nodes of the trajectory graph of the last bound (certify builds one engine per call)."""
+    return _LAST.get("nodes")
+
+
+_LAST: dict[str, int] = {}
+
+
+def _track_nodes() -> None:
+    """Record the node count of every trajectory graph built in this process."""
+    from verify import _trajectory
+
+    original = _trajectory.TrajectoryGraph.margins
+
+    def margins(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = original(self, *args, **kwargs)
+        _LAST["nodes"] = self.last_stats[-1].nodes
+        return out
+
+    _trajectory.TrajectoryGraph.margins = margins  # type: ignore[method-assign]
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.mean(values), 3) if values else None
+
+
+def summarize() -> dict[str, Any]:
+    """Per model and ε: both certified accuracies, disagreements, seconds, ratio, nodes, memory."""
+    ours = _done()
+    out: dict[str, Any] = {"models": {}}
+    for target in TARGETS:
+        gains = [r for r in load_rows(target) if any((target, r["index"], e) in ours for e in GAINS_EPS)]
+        images = sorted({r["index"] for r in gains})
+        if not images:
+            continue
+        per_eps = {}
+        for eps in GAINS_EPS:
+            g = {r["index"]: r for r in gains if r["eps"] == eps}
+            o = {i: ours.get((target, i, eps)) for i in images}
+            g_cert = [i for i in images if g[i]["cert"]]
+            o_cert = [i for i in images if o[i] and o[i]["cert"]]
+            g_t = [g[i]["time_s"] for i in images if g[i]["attempted"] and g[i]["time_s"] is not None]
+            o_t = [o[i]["time_s"] for i in images if o[i] and o[i]["attempted"] and o[i]["time_s"] is not None]
+            nodes = [o[i]["nodes"] for i in images if o[i] and o[i].get("nodes") is not None]
+            disagree = [{"index": i, "gains_min_lb": g[i]["min_lb"], "ours_min_lb": o[i]["min_lb"] if o[i] else None}
+                        for i in g_cert if i not in o_cert]
+            per_eps[str(eps)] = {
+                "n": len(images), "gains_cert_acc": round(len(g_cert) / len(images), 4),
+                "ours_cert_acc": round(len(o_cert) / len(images), 4), "gains_not_ours": disagree,
+                "ours_not_gains": [i for i in o_cert if i not in g_cert],
+                "gains_attempts": len(g_t), "ours_attempts": len(o_t),
+                "gains_s_per_attempt": _mean(g_t), "ours_s_per_attempt": _mean(o_t),
+                "time_ratio": round(statistics.mean(o_t) / statistics.mean(g_t), 4) if g_t and o_t else None,
+                "ours_nodes_median": statistics.median(nodes) if nodes else None,
+                "ours_nodes_max": max(nodes) if nodes else None,
+            }
+        rss = [r.get("max_rss_mb", 0.0) for (t, _, _), r in ours.items() if t == target]
+        out["models"][f"{target:g}"] = {"images": [images[0], images[-1]], "per_eps": per_eps,
+                                        "ours_peak_rss_mb": max(rss) if rss else None,
+                                        "ours_load_avg_mean": _mean([r.get("load_avg", 0.0) for (t, _, _), r in
+                                                                     ours.items() if t == target])}
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The table of :func:`summarize`."""
+    lines = ["| model ε_t | ε | n | GAINS cert. acc. | ours cert. acc. | GAINS-only certified | GAINS s / attempt | "
+             "ours s / attempt | ratio | ours nodes (median, max) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for target, m in summary["models"].items():
+        for eps, r in m["per_eps"].items():
+            lines.append(f"| {target} | {eps} | {r['n']} | {100 * r['gains_cert_acc']:.1f} % | "
+                         f"{100 * r['ours_cert_acc']:.1f} % | {len(r['gains_not_ours'])} | {r['gains_s_per_attempt']} | "
+                         f"{r['ours_s_per_attempt']} | {r['time_ratio']} | {r['ours_nodes_median']}, {r['ours_nodes_max']} |")
+    for target, m in summary["models"].items():
+        lines.append(f"\nε_t = {target}: images {m['images'][0]}..{m['images'][1]}; our peak memory (max RSS of the "
+                     f"process) {m['ours_peak_rss_mb']} MB; mean load average during our run {m['ours_load_avg_mean']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", type=float, choices=TARGETS, nargs="+", default=list(TARGETS))
+    p.add_argument("--max-images", type=int, default=100)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if not args.report_only:
+        _track_nodes()
+        for target in args.target:
+            images = sorted({r["index"] for r in load_rows(target)})[: args.max_images]
+            run_ours(target, images)
+    summary = summarize()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gains_vs_ours.json").write_text(json.dumps(summary, indent=1))
+    (RESULTS / "gains_vs_ours.md").write_text(markdown(summary) + "\n")
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
