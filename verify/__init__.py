@@ -35,12 +35,13 @@ from .engines import DenseCrown as DenseCrown
 from .engines import Engine as Engine
 from .engines import LipschitzMargin as LipschitzMargin
 from .engines import Reference as Reference
+from .engines import TrajectoryGraph as TrajectoryGraph
 from .unroll import Unrolled as Unrolled
 from .unroll import unroll as unroll
 
 __all__ = [
     "COVERS_DEPLOYED", "COVERS_SURROGATE", "ENGINES", "METHODS", "NORMS", "SUPPORTED_LAYERS",
     "AdaptiveSolverError", "CertResult", "Certifier", "CertifyError", "DenseCrown", "Engine", "EngineError",
-    "Lirpa", "LipschitzMargin", "Lowered", "RadiusResult", "Reference", "UnsupportedLayerError", "Unrolled",
+    "Lirpa", "LipschitzMargin", "Lowered", "RadiusResult", "Reference", "TrajectoryGraph", "UnsupportedLayerError", "Unrolled",
     "certify", "lower", "make_engine", "search_radius", "spec_matrix", "unroll",
 ]

@@ -233,6 +233,11 @@ def adaptive_refusal(solver: object) -> str:
             "that surrogate only")
 
 
+def covers_cas(description: str) -> str:
+    """What a certificate of a controlled adaptive solver holds for: the deployed model, every trajectory."""
+    return f"{COVERS_DEPLOYED} with its controlled adaptive solver ({description.split(',')[0]}), every step sequence"
+
+
 def surrogate_description(solver: object, n_steps: int) -> str:
     """How a fixed-step surrogate of an adaptive solve was built (it names what it covers)."""
     describe = getattr(solver, "describe", None)
@@ -274,6 +279,8 @@ def lower(model: nn.Module, x: torch.Tensor | None = None, fixed_steps: bool = F
         with torch.no_grad():
             dist = float((ir.forward(x) - model(x)).abs().max())
         ir = dataclasses.replace(ir, covers=COVERS_SURROGATE, adaptive_distance=dist)
+    if any(isinstance(p, CASFlow) for p in parts):
+        ir = dataclasses.replace(ir, covers=covers_cas(ir.description))
     _confirm(model, ir, x)
     return ir
 

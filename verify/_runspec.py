@@ -223,7 +223,7 @@ class MethodRecord:
 
 #: keys written only when set (runs of fixed solvers have no lowering; CPU runs no CUDA memory).
 _OPTIONAL = ("certificate_covers", "lowering", "adaptive_distance", "attack_seconds", "max_rss_mb",
-             "cuda_max_allocated_mb")
+             "cuda_max_allocated_mb", "trajectory_nodes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +244,8 @@ class ExampleRecord:
         attack_seconds: time of the attack and growth measurement.
         seconds: wall time of the example.
         max_rss_mb, cuda_max_allocated_mb: the worker's peak memory so far.
+        trajectory_nodes: a controlled adaptive solver's trajectory graph: [ε, nodes] of each
+            bound of the first method's radius search.
     """
 
     index: int
@@ -262,6 +264,7 @@ class ExampleRecord:
     seconds: float = 0.0
     max_rss_mb: float | None = None
     cuda_max_allocated_mb: float | None = None
+    trajectory_nodes: tuple[tuple[float, int], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this line (keys in the order runs always wrote them)."""
@@ -274,6 +277,8 @@ class ExampleRecord:
                 v = {m: r.to_json() for m, r in v.items()}
             elif f.name in ("unsound", "growth") and v is not None:
                 v = list(v)
+            elif f.name == "trajectory_nodes" and v is not None:
+                v = [list(p) for p in v]
             elif f.name == "ratio":
                 v = dict(v)
             out[f.name] = v
@@ -296,6 +301,8 @@ class ExampleRecord:
             kw["unsound"] = tuple(obj.get("unsound", ()))
             if obj.get("growth") is not None:
                 kw["growth"] = tuple(obj["growth"])
+            if obj.get("trajectory_nodes") is not None:
+                kw["trajectory_nodes"] = tuple((float(e), int(n)) for e, n in obj["trajectory_nodes"])
             return cls(**kw)
         except (KeyError, TypeError) as err:
             raise RunConfigError(f"example record {obj.get('index', '?')}: missing or bad field ({err})") from None

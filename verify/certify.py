@@ -49,11 +49,12 @@ from lipbound.norms import UnknownNormError, canonical_norm
 from ._errors import CertifyError as CertifyError
 from ._errors import EngineError as EngineError
 from ._lirpa import LIRPA_METHODS, Lirpa
-from ._lower import COVERS_DEPLOYED, Lowered, LoweredModule, adaptive_refusal, is_adaptive, lower
+from ._lower import COVERS_DEPLOYED, CASFlow, Lowered, LoweredModule, adaptive_refusal, is_adaptive, lower
 from ._search import RadiusResult as RadiusResult
 from ._search import search_radius
 from ._spec import spec_matrix as spec_matrix
 from .crown import GraphError
+from ._trajectory import TrajectoryGraph
 from .engines import DenseCrown, Engine, LipschitzMargin, Reference
 from .unroll import Unrolled
 
@@ -133,12 +134,21 @@ def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
 
     ``crown`` with ``engine="auto"`` is the dense engine wherever the IR has a dense graph (no
     max pooling), else auto_LiRPA; ``engine="auto_lirpa"`` always uses auto_LiRPA. The other
-    methods: auto_LiRPA, or the Lipschitz margin.
+    methods: auto_LiRPA, or the Lipschitz margin. A model with a controlled adaptive solver
+    (:class:`~verify._lower.CASFlow`) is certified as deployed by
+    :class:`~verify._trajectory.TrajectoryGraph` (``crown``, the default, only).
 
     Raises:
-        CertifyError: an unknown engine; auto_LiRPA options for the dense engine.
+        CertifyError: an unknown engine; auto_LiRPA options for the dense engine; a CAS model
+            with another method.
     """
     check_engine(engine)
+    if any(isinstance(p, CASFlow) for p in ir.parts):
+        if method != "crown" or engine != "auto" or bound_opts is not None:
+            raise CertifyError(f"{ir.description}: a controlled adaptive solver is certified as deployed by the "
+                               f"trajectory graph of its step decisions (method crown, engine auto); got method "
+                               f"{method!r}, engine {engine!r}")
+        return TrajectoryGraph(ir, norm)
     if method == "lipschitz":
         return LipschitzMargin(ir, norm)
     if method == "crown" and engine == "auto":

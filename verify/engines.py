@@ -11,6 +11,8 @@ stable neurons. A reference belongs to the engine that made it.
   default wherever the IR has one (no max pooling).
 * :class:`Lirpa` — auto_LiRPA 0.3's ``ibp``, ``crown``, ``alpha-crown`` and ``forward``
   (:mod:`verify._lirpa`), traced on first use.
+* :class:`TrajectoryGraph` — a controlled adaptive solver as deployed: every step decision
+  of the ball followed, merged states' box hulls, CROWN through the graph (:mod:`verify._trajectory`).
 * :class:`LipschitzMargin` — margin − ε·c·L with L the product bound of the IR
   (lipbound's per-layer constants and the solver's growth factor).
 """
@@ -30,6 +32,7 @@ from ._dense_graph import DenseGraph
 from ._errors import CertifyError
 from ._lower import Flow, Layers, Lowered, Op
 from .crown import Crown
+from ._trajectory import TrajectoryGraph as TrajectoryGraph
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -212,6 +213,9 @@ class ExampleCertifier:
                 distance = float((covered(xi) - self.model(xi)).abs().max())
             lowering = first.description
         emp, growth, attack_seconds = self._attack(covered, xi, yi, pred == label)
+        history = getattr(first.bounds, "history", None)
+        if history is not None:  # a controlled adaptive solver: the trajectory graph of each bound
+            history.clear()
         methods = {m: self._search(certs[m], m, xi, yi, emp) for m in self.spec.methods}
         checked = self.spec.attack and pred == label
         unsound = soundness_flags({m: r.radius for m, r in methods.items()}, emp, index) if checked else []
@@ -221,7 +225,8 @@ class ExampleCertifier:
             ratio={m: ratio(r.radius, emp) for m, r in methods.items()}, unsound=tuple(unsound),
             certificate_covers=first.covers, lowering=lowering, adaptive_distance=distance,
             attack_seconds=attack_seconds, growth=None if growth is None else tuple(growth),
-            seconds=time.perf_counter() - start, **peak_memory_mb())
+            seconds=time.perf_counter() - start, trajectory_nodes=None if history is None else tuple(history),
+            **peak_memory_mb())
 
 
 def certify_run(spec: RunSpec, out: str | os.PathLike[str], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -272,9 +277,15 @@ def write_summary(out: Path, records: list[dict[str, Any]], methods: Sequence[st
     summary = summarize(records, methods, eps_list)
     summary["peak_memory"] = {k: max((r.get(k, 0.0) for r in records), default=0.0)
                               for k in ("max_rss_mb", "cuda_max_allocated_mb") if any(k in r for r in records)}
+    nodes = [max(n for _, n in r["trajectory_nodes"]) for r in records if r.get("trajectory_nodes")]
+    table_extra = ""
+    if nodes:
+        summary["trajectory_nodes"] = {"median": statistics.median(nodes), "max": max(nodes), "min": min(nodes)}
+        table_extra = (f"\ntrajectory graph of the controlled adaptive solver: {statistics.median(nodes):g} nodes per "
+                       f"example (median of the largest graph of each radius search; {min(nodes)}..{max(nodes)})")
     suffix = "" if shard[1] == 1 else f"-{shard[0]}-of-{shard[1]}"
     (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
-    table = summary_table(summary, eps_list)
+    table = summary_table(summary, eps_list) + table_extra
     (out / f"summary{suffix}.md").write_text(table + "\n")
     summary["table"] = table
     return summary
