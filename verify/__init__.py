@@ -21,6 +21,9 @@ from ._lower import AdaptiveSolverError as AdaptiveSolverError
 from ._lower import Lowered as Lowered
 from ._lower import UnsupportedLayerError as UnsupportedLayerError
 from ._lower import lower as lower
+from ._milp import ExactRadius as ExactRadius
+from ._milp import Milp as Milp
+from ._milp import exact_radius as exact_radius
 from ._search import RadiusResult as RadiusResult
 from ._search import search_radius as search_radius
 from .certify import ENGINES as ENGINES
@@ -36,6 +39,8 @@ from .engines import Engine as Engine
 from .engines import LipschitzMargin as LipschitzMargin
 from .engines import Reference as Reference
 from .engines import TrajectoryGraph as TrajectoryGraph
+from .export import export_benchmark as export_benchmark
+from .export import export_onnx as export_onnx
 from .unroll import Unrolled as Unrolled
 from .unroll import unroll as unroll
 
@@ -44,4 +49,5 @@ __all__ = [
     "AdaptiveSolverError", "CertResult", "Certifier", "CertifyError", "DenseCrown", "Engine", "EngineError",
     "Lirpa", "LipschitzMargin", "Lowered", "RadiusResult", "Reference", "TrajectoryGraph", "UnsupportedLayerError", "Unrolled",
     "certify", "lower", "make_engine", "search_radius", "spec_matrix", "unroll",
+    "ExactRadius", "Milp", "exact_radius", "export_benchmark", "export_onnx",
 ]
