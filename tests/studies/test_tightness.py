@@ -45,5 +45,5 @@ def test_tightness_quick(tmp_path: Path, assert_resume_computes_nothing) -> None
             assert ex["lower"] <= r["attack"] + 1e-6
             if ex["radius"] is not None:
                 assert crown <= ex["radius"] + 1e-6 and ex["model_margin"] <= 1e-4
-    names = ("_attack_radii", "_radius", "_exact", "_unstable")
+    names = ("_attack_radii", "_radius", "_bisect", "_exact", "_unstable")
     assert_resume_computes_nothing("tightness", tmp_path, report, [(tightness, n) for n in names])
