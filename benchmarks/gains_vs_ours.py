@@ -114,6 +114,44 @@ def _track_nodes() -> None:
     _trajectory.TrajectoryGraph.margins = margins  # type: ignore[method-assign]
 
 
+def side_by_side(target: float, start: int, n: int) -> dict[str, Any]:
+    """GAINS and ours one after the other on images start..start+n-1, in one run (same machine load):
+    wall seconds per attempt of both, and CPU seconds (GAINS: its subprocess's user + system time
+    over its attempts, start-up included; ours: this process's time per attempt)."""
+    from benchmarks._gains_peer import run_chunk
+    from models.data import load_dataset
+    from models.gains import load_gains
+    from verify import certify
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu0, load0 = children_cpu(), os.getloadavg()[0]
+    rows, wall = run_chunk(target, start, n, threads=1)
+    gains_cpu = children_cpu() - cpu0
+    attempts = [r for r in rows if r["attempted"]]
+    model, _ = load_gains(checkpoint(target))
+    x, y = load_dataset("mnist-t10k", split="test")
+    ours = []
+    for r in attempts:
+        i = r["index"] - HELD_OUT_START
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = certify(model, x[i:i + 1], y[i:i + 1], r["eps"])
+        ours.append({"index": r["index"], "eps": r["eps"], "wall_s": time.perf_counter() - t0,
+                     "cpu_s": time.process_time() - c0, "cert": bool(res.certified[0]), "gains_cert": r["cert"],
+                     "min_lb": float(res.lower.min()), "gains_min_lb": r["min_lb"], "gains_wall_s": r["time_s"]})
+    g_wall = statistics.mean(r["time_s"] for r in attempts)
+    o_wall = statistics.mean(o["wall_s"] for o in ours)
+    o_cpu = statistics.mean(o["cpu_s"] for o in ours)
+    return {"target": target, "images": [start, start + n - 1], "attempts": len(attempts),
+            "gains_wall_s_per_attempt": round(g_wall, 2), "gains_cpu_s_per_attempt": round(gains_cpu / len(attempts), 2),
+            "gains_process_wall_s": round(wall, 1), "ours_wall_s_per_attempt": round(o_wall, 2),
+            "ours_cpu_s_per_attempt": round(o_cpu, 2), "wall_ratio": round(o_wall / g_wall, 4),
+            "cpu_ratio": round(o_cpu / (gains_cpu / len(attempts)), 4), "load_avg_start": round(load0, 2),
+            "load_avg_end": round(os.getloadavg()[0], 2), "rows": ours}
+
+
 def _mean(values: list[float]) -> float | None:
     return round(statistics.mean(values), 3) if values else None
 
@@ -176,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, choices=TARGETS, nargs="+", default=list(TARGETS))
     p.add_argument("--max-images", type=int, default=100)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                   help="also run GAINS and ours one after the other on the first N images (CPU and wall seconds)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.side_by_side:
+        sbs = side_by_side(args.target[0], HELD_OUT_START, args.side_by_side)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "gains_vs_ours_side_by_side.json").write_text(json.dumps(sbs, indent=1))
+        print(json.dumps({k: v for k, v in sbs.items() if k != "rows"}))
     if not args.report_only:
         _track_nodes()
         for target in args.target:
