@@ -148,16 +148,18 @@ class Square(Attack):
         m, c, h, w = xs.shape
         s = self._side(p, h, w, 1)
         r, col = self._randint(h - s + 1), self._randint(w - s + 1)
-        delta = bs - xs
         win = (slice(None), slice(None), slice(r, r + s), slice(col, col + s))
-        new_win = eps * self._signs((m, c, 1, 1), xs)
+        x_win, b_win = xs[win], bs[win]
+        new_win = (x_win + eps * self._signs((m, c, 1, 1), xs)).clamp(0.0, 1.0)
         for _ in range(10):  # redraw where the square would not change the clamped point
-            same = ((xs[win] + new_win).clamp(0.0, 1.0) - bs[win]).abs().flatten(1).amax(dim=1) < 1e-7
+            same = (new_win - b_win).abs().flatten(1).amax(dim=1) < 1e-7
             if not same.any():
                 break
-            new_win[same] = eps[same] * self._signs((int(same.sum()), c, 1, 1), xs)
-        delta[win] = new_win.expand(-1, -1, s, s)
-        return (xs + delta).clamp(0.0, 1.0)
+            new_win[same] = (x_win[same] + eps[same] * self._signs((int(same.sum()), c, 1, 1), xs)).clamp(0.0, 1.0)
+        # outside the square the candidate is the current best (already in the ball and the box)
+        out = bs.clone()
+        out[win] = new_win
+        return out
 
     # ------------------------------------------------------------------ L2
     def _step_l2(self, xs: torch.Tensor, bs: torch.Tensor, eps: torch.Tensor, p: float) -> torch.Tensor:

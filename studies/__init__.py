@@ -35,6 +35,7 @@ STUDIES: dict[str, str] = {
     "step-size": "step_size",
     "bound-vs-attack": "bound_vs_attack",
     "tightness": "tightness",
+    "gradient-masking": "gradient_masking",
     "certified-architectures": "certified_architectures",
 }
 

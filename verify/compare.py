@@ -32,8 +32,8 @@ class SoundnessWarning(UserWarning):
 
 
 def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, seed: int = 0,
-                     eps_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest adversarial distance found: minimal-ε PGD for ℓ∞, CW-L2 for ℓ2.
+                     eps_max: float | None = None, attack: str = "pgd") -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest adversarial distance found: a minimal-ε search (PGD by default) for ℓ∞, CW-L2 for ℓ2.
 
     Args:
         model: classifier, eval mode.
@@ -41,7 +41,8 @@ def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
         y: (N,) labels.
         norm: ``"inf"`` or ``"2"``.
         seed: attack seed.
-        eps_max: search ceiling for PGD (default 0.5).
+        eps_max: search ceiling for the ℓ∞ search (default 0.5).
+        attack: the ℓ∞ search's fixed-ε attack, a name of :data:`attacks.minimal_eps.SEARCH_ATTACKS`.
 
     Returns:
         (N,) radii (0 for misclassified inputs, inf when no adversarial example was found)
@@ -50,7 +51,7 @@ def empirical_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: s
     if norm == "inf":
         from attacks.minimal_eps import minimal_eps
 
-        res = minimal_eps(model, x, y, "inf", "pgd", eps_max=eps_max or 0.5, tol=1e-3, seed=seed)
+        res = minimal_eps(model, x, y, "inf", attack, eps_max=eps_max or 0.5, tol=1e-3, seed=seed)
         return res.eps.detach().float().cpu(), res.x_adv.detach()
     from attacks import CW
 
