@@ -2,8 +2,10 @@
 
 Per held-out example of a zoo model, at the ε where CROWN stops certifying (the ``upper`` end
 of the dense CROWN radius search, where slope optimisation matters), the worst margin bound
-and the seconds of: dense CROWN, dense α-CROWN (20 margin iterations, auto_LiRPA's default),
-and, on the first ``--n-lirpa`` examples, auto_LiRPA's α-CROWN (``compute_bounds(method=
+and the seconds of: dense CROWN; dense α-CROWN as ``--method alpha-crown`` runs it (20 margin
+iterations, auto_LiRPA's default, 3 per layer of intermediate bounds, stopping once every
+margin is positive); dense α-CROWN at auto_LiRPA's iteration count everywhere ("20/20": 20
+margin and 20 intermediate iterations, no early stop); and, on the first ``--n-lirpa`` examples, auto_LiRPA's α-CROWN (``compute_bounds(method=
 "CROWN-Optimized")``, 20 iterations, matrix mode). Rows are appended to a JSONL as they finish
 (a rerun resumes); times are the one-thread process's CPU seconds (its wall seconds too, which
 a shared machine stretches); the summary goes to benchmarks/results/alpha_crown_speed.{json,md}.
@@ -23,7 +25,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LOG = RESULTS / "alpha_crown_speed.jsonl"
 
 
-def _row(model_name: str, index: int, with_lirpa: bool) -> dict:
+def _row(model_name: str, index: int, part: str) -> dict:
+    """One example's bounds: ``part`` "dense" (the dense engines) or "lirpa" (auto_LiRPA's α-CROWN)."""
     import torch
 
     from models.data import load_dataset
@@ -37,12 +40,13 @@ def _row(model_name: str, index: int, with_lirpa: bool) -> dict:
     xi, yi = x[index:index + 1], y[index:index + 1]
     crown = Certifier(model, "inf", "crown")
     eps = crown.radius(xi, yi, eps_max=0.5).upper
-    row: dict = {"model": model_name, "index": index, "eps": eps, "threads": torch.get_num_threads()}
-    equal = DenseAlphaCrown(crown.ir, "inf", intermediate_iterations=ITERATIONS)
-    engines = [("crown", crown.bounds), ("alpha_dense", Certifier(model, "inf", "alpha-crown").bounds),
-               ("alpha_dense_equal", equal)]
-    if with_lirpa:
-        engines.append(("alpha_lirpa", Certifier(model, "inf", "alpha-crown", engine="auto_lirpa").bounds))
+    row: dict = {"model": model_name, "index": index, "part": part, "eps": eps, "threads": torch.get_num_threads()}
+    if part == "dense":
+        equal = DenseAlphaCrown(crown.ir, "inf", intermediate_iterations=ITERATIONS, early_stop=False)
+        engines = [("crown", crown.bounds), ("alpha_dense", Certifier(model, "inf", "alpha-crown").bounds),
+                   ("alpha_dense_equal", equal)]
+    else:
+        engines = [("alpha_lirpa", Certifier(model, "inf", "alpha-crown", engine="auto_lirpa").bounds)]
     C = spec_matrix(yi, 10)
     for key, engine in engines:
         start, cpu = time.perf_counter(), time.process_time()
@@ -55,7 +59,11 @@ def _row(model_name: str, index: int, with_lirpa: bool) -> dict:
     return row
 
 
-def _summary(rows: list[dict]) -> tuple[dict, str]:
+def _summary(parts: list[dict]) -> tuple[dict, str]:
+    merged: dict = {}
+    for r in parts:  # one example's dense and auto_LiRPA rows side by side
+        merged.setdefault((r["model"], r["index"]), {}).update(r)
+    rows = [r for r in merged.values() if "crown" in r]
     out: dict = {}
     lines = ["| model | examples (auto_LiRPA) | CROWN CPU s | dense α CPU s | dense α (20/20) CPU s | "
              "auto_LiRPA α CPU s | dense α ≥ CROWN | dense α − CROWN (worst, median) | "
@@ -106,15 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
-    done = {(r["model"], r["index"]) for r in map(json.loads, LOG.read_text().splitlines())} if LOG.exists() else set()
-    # auto_LiRPA's examples first, so that a short run still compares the two engines
-    for model, n, n_lirpa in zip(args.models, args.n, args.n_lirpa):
-        for i in range(n):
-            if (model, i) in done:
-                continue
-            row = _row(model, i, i < n_lirpa)
-            with LOG.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+    done = ({(r["model"], r["index"], r["part"]) for r in map(json.loads, LOG.read_text().splitlines())}
+            if LOG.exists() else set())
+    # every dense row first (minutes), then auto_LiRPA's (about 1 CPU minute per bound on resnet, 10 on ode)
+    plan = [(m, i, "dense") for m, n in zip(args.models, args.n) for i in range(n)]
+    plan += [(m, i, "lirpa") for m, n in sorted(zip(args.models, args.n_lirpa), key=lambda t: t[0] == "ode")
+             for i in range(n)]
+    for model, i, part in plan:
+        if (model, i, part) in done:
+            continue
+        row = _row(model, i, part)
+        with LOG.open("a") as f:
+            f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in LOG.read_text().splitlines()]
     summary, table = _summary(rows)
     (RESULTS / "alpha_crown_speed.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))

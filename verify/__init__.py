@@ -7,10 +7,13 @@ The public API research code calls::
     r = Certifier(model, "inf", "crown").radius(x[:1], y[:1], eps_max=1.0)  # RadiusResult
 
 The model is lowered once to the verification IR (:func:`lower`), from which every engine
-(:class:`DenseCrown`, :class:`Lirpa`, :class:`LipschitzMargin`) is built; every result says
+(:class:`DenseCrown`, :class:`DenseAlphaCrown`, :class:`BranchAndBound`, :class:`Lirpa`,
+:class:`LipschitzMargin`) is built; every result says
 what it covers (the deployed model, or an adaptive solver's fixed-step surrogate).
 """
 
+from ._bab import BranchAndBound as BranchAndBound
+from ._bab import Verdict as Verdict
 from ._errors import CertifyError as CertifyError
 from ._errors import EngineError as EngineError
 from ._lirpa import Lirpa as Lirpa
@@ -34,6 +37,7 @@ from .certify import Certifier as Certifier
 from .certify import certify as certify
 from .certify import make_engine as make_engine
 from .certify import spec_matrix as spec_matrix
+from .engines import DenseAlphaCrown as DenseAlphaCrown
 from .engines import DenseCrown as DenseCrown
 from .engines import Engine as Engine
 from .engines import LipschitzMargin as LipschitzMargin
@@ -46,8 +50,8 @@ from .unroll import unroll as unroll
 
 __all__ = [
     "COVERS_DEPLOYED", "COVERS_SURROGATE", "ENGINES", "METHODS", "NORMS", "SUPPORTED_LAYERS",
-    "AdaptiveSolverError", "CertResult", "Certifier", "CertifyError", "DenseCrown", "Engine", "EngineError",
-    "Lirpa", "LipschitzMargin", "Lowered", "RadiusResult", "Reference", "TrajectoryGraph", "UnsupportedLayerError", "Unrolled",
+    "AdaptiveSolverError", "BranchAndBound", "CertResult", "Certifier", "CertifyError", "DenseAlphaCrown", "DenseCrown", "Engine", "EngineError",
+    "Lirpa", "LipschitzMargin", "Lowered", "RadiusResult", "Reference", "TrajectoryGraph", "UnsupportedLayerError", "Unrolled", "Verdict",
     "certify", "lower", "make_engine", "search_radius", "spec_matrix", "unroll",
     "ExactRadius", "Milp", "exact_radius", "export_benchmark", "export_onnx",
 ]

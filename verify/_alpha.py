@@ -67,6 +67,9 @@ class AlphaCrown(Crown):
         lr, lr_decay: Adam's learning rate and its exponential decay per step.
         patience: stop a layer's (or the margins') optimisation after this many steps that
             improve the summed bound by less than ``1e-4`` relative.
+        early_stop: stop as soon as every margin is positive (CROWN's included): the bound then
+            certifies and a radius search needs no more. False runs every iteration, as
+            auto_LiRPA does (to compare bounds).
 
     Raises:
         ValueError: negative iteration counts, a non-positive learning rate.
@@ -74,14 +77,14 @@ class AlphaCrown(Crown):
 
     def __init__(self, graph: DenseGraph, norm: str = "inf", iterations: int = ITERATIONS,
                  intermediate_iterations: int = 3, lr: float = LR, lr_decay: float = LR_DECAY,
-                 patience: int = 10) -> None:
+                 patience: int = 10, early_stop: bool = True) -> None:
         if iterations < 0 or intermediate_iterations < 0 or patience < 1:
             raise ValueError("iterations must be >= 0 and patience >= 1")
         if not lr > 0 or not 0 < lr_decay <= 1:
             raise ValueError(f"lr must be > 0 and lr_decay in (0, 1], got {lr}, {lr_decay}")
         super().__init__(graph, norm)
         self.iterations, self.intermediate_iterations = iterations, intermediate_iterations
-        self.lr, self.lr_decay, self.patience = lr, lr_decay, patience
+        self.lr, self.lr_decay, self.patience, self.early_stop = lr, lr_decay, patience, early_stop
         #: CROWN's margins of the last call (the floor of the α-CROWN result).
         self.crown_margins: torch.Tensor | None = None
 
@@ -91,12 +94,12 @@ class AlphaCrown(Crown):
         with torch.no_grad():
             crown = super().margins(x, eps, C, reference)
         self.crown_margins = crown
-        if bool((crown > 0).all()) or self.iterations == 0:
+        if (self.early_stop and bool((crown > 0).all())) or self.iterations == 0:
             return crown
         if self.intermediate_iterations:
             self.tighten_intermediate()
         best = self.optimise({self.graph.output: C.to(crown.dtype)}, C.shape[0], self.iterations,
-                             stop=lambda b: bool((b > 0).all()))
+                             stop=(lambda b: bool((b > 0).all())) if self.early_stop else None)
         return torch.maximum(best, crown)
 
     def tighten_intermediate(self) -> None:

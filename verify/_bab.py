@@ -77,7 +77,9 @@ class Verdict:
 class _SplitCrown(AlphaCrown):
     """α/β-CROWN on one subdomain (``splits``: pre-activation node -> (indices, signs))."""
 
-    splits: Splits = {}
+    def __init__(self, graph: DenseGraph, norm: str, iterations: int) -> None:
+        super().__init__(graph, norm, iterations, intermediate_iterations=0)
+        self.splits: Splits = {}
 
     def _bound_node(self, p: int, reference: Bounds | None) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = super()._bound_node(p, reference)
@@ -182,7 +184,7 @@ class BranchAndBound:
         self.ir, self.time_limit = ir, float(time_limit)
         self.graph = DenseGraph.from_lowered(ir)
         self._root = AlphaCrown(self.graph, norm, iterations)
-        self._sub = _SplitCrown(self.graph, norm, iterations, intermediate_iterations=0)
+        self._sub = _SplitCrown(self.graph, norm, iterations)
         self._module = LoweredModule(ir, nn.Module()).eval()
         self.attack_steps, self.attack_restarts, self.seed = attack_steps, attack_restarts, seed
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from models.solver import SolverConfig
 
-from .certify import CertifyError, check_engine, check_method, check_norm
+from .certify import BAB_TIME_LIMIT, CertifyError, check_engine, check_method, check_norm
 
 #: default ε grid of the summary table and search ceilings, per norm. The L2 grid brackets what CROWN
 #: certifies on the zoo models (median 0.059 on resnet) and what CW finds (median 0.95 there).
@@ -70,6 +70,7 @@ class RunSpec:
         solver: the ODE solver swapped in before certifying (``--solver``).
         fixed_steps: certify an adaptive solver's fixed-step surrogate.
         engine: :data:`~verify.certify.ENGINES` entry for ``crown``.
+        time_limit: ``bab``: seconds per example and ε of branch and bound.
         shard: (k, N): the examples i ≡ k−1 mod N this process certifies. Not part of
             ``config.json``: every shard of a run shares one configuration.
 
@@ -91,6 +92,7 @@ class RunSpec:
     solver: SolverConfig | None = None
     fixed_steps: bool = False
     engine: str = "auto"
+    time_limit: float = BAB_TIME_LIMIT
     shard: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
@@ -120,6 +122,9 @@ class RunSpec:
         for name in ("attack", "fixed_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise RunConfigError(f"RunSpec.{name} must be true or false, got {getattr(self, name)!r}")
+        if (isinstance(self.time_limit, bool) or not isinstance(self.time_limit, (int, float))
+                or not math.isfinite(self.time_limit) or self.time_limit <= 0):
+            raise RunConfigError(f"RunSpec.time_limit must be a positive number of seconds, got {self.time_limit!r}")
         try:
             check_engine(self.engine)
         except CertifyError as err:
@@ -166,6 +171,8 @@ class RunSpec:
             out["fixed_steps"] = True
         if self.engine != "auto":
             out["engine"] = self.engine
+        if self.time_limit != BAB_TIME_LIMIT:
+            out["time_limit"] = self.time_limit
         if self.weights is not None:
             out["weights"] = self.weights
         return out

@@ -54,12 +54,16 @@ from ._search import RadiusResult as RadiusResult
 from ._search import search_radius
 from ._spec import spec_matrix as spec_matrix
 from .crown import GraphError
+from ._bab import BranchAndBound
+from ._milp import Milp
 from ._trajectory import TrajectoryGraph
-from .engines import DenseCrown, Engine, LipschitzMargin, Reference
+from .engines import DenseAlphaCrown, DenseCrown, Engine, LipschitzMargin, Reference
 from .unroll import Unrolled
 
-#: certification methods: auto_LiRPA's four and the Lipschitz margin.
-METHODS: tuple[str, ...] = (*LIRPA_METHODS, "lipschitz")
+#: certification methods: auto_LiRPA's four, the Lipschitz margin and branch and bound.
+METHODS: tuple[str, ...] = (*LIRPA_METHODS, "lipschitz", "bab", "milp")
+#: seconds per example and ε of branch and bound (``bab``) unless given.
+BAB_TIME_LIMIT = 60.0
 #: implementations of CROWN a :class:`Certifier` can use.
 ENGINES: tuple[str, ...] = ("auto", "auto_lirpa")
 
@@ -129,18 +133,22 @@ def check_adaptive(model: nn.Module, method: str, fixed_steps: bool) -> None:
 
 
 def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
-                bound_opts: dict[str, Any] | None = None, engine: str = "auto") -> Engine:
+                bound_opts: dict[str, Any] | None = None, engine: str = "auto",
+                time_limit: float = BAB_TIME_LIMIT) -> Engine:
     """The engine that computes ``method`` on the IR.
 
-    ``crown`` with ``engine="auto"`` is the dense engine wherever the IR has a dense graph (no
-    max pooling), else auto_LiRPA; ``engine="auto_lirpa"`` always uses auto_LiRPA. The other
-    methods: auto_LiRPA, or the Lipschitz margin. A model with a controlled adaptive solver
-    (:class:`~verify._lower.CASFlow`) is certified as deployed by
+    ``crown`` and ``alpha-crown`` with ``engine="auto"`` are the dense engines (:class:`DenseCrown`,
+    :class:`DenseAlphaCrown`) wherever the IR has a dense graph (no max pooling), else auto_LiRPA;
+    ``engine="auto_lirpa"`` always uses auto_LiRPA. The other methods: auto_LiRPA, or the
+    Lipschitz margin. ``bab``: :class:`BranchAndBound` (dense graph, L∞ only), ``time_limit``
+    seconds per example and ε. ``milp``: :class:`verify._milp.Milp`, the exact margins by mixed-integer
+    programming (dense graph, L∞ only), ``time_limit`` seconds per margin program. A model with a
+    controlled adaptive solver (:class:`~verify._lower.CASFlow`) is certified as deployed by
     :class:`~verify._trajectory.TrajectoryGraph` (``crown``, the default, only).
 
     Raises:
-        CertifyError: an unknown engine; auto_LiRPA options for the dense engine; a CAS model
-            with another method.
+        CertifyError: an unknown engine; auto_LiRPA options for the dense engine; ``bab`` on a
+            model without a dense graph or with norm 2; a CAS model with another method.
     """
     check_engine(engine)
     if any(isinstance(p, CASFlow) for p in ir.parts):
@@ -151,12 +159,23 @@ def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
         return TrajectoryGraph(ir, norm)
     if method == "lipschitz":
         return LipschitzMargin(ir, norm)
-    if method == "crown" and engine == "auto":
+    if method == "milp":
+        if engine != "auto" or bound_opts is not None:
+            raise CertifyError("milp runs on the dense graph only (engine auto, no auto_LiRPA options)")
+        return Milp(ir, norm, time_limit)
+    if method == "bab":
+        if engine != "auto" or bound_opts is not None:
+            raise CertifyError("bab runs on the dense engine only (engine auto, no auto_LiRPA options)")
+        try:
+            return BranchAndBound(ir, norm, time_limit)
+        except GraphError as err:
+            raise CertifyError(f"bab needs a dense affine–ReLU graph: {err}") from err
+    if method in ("crown", "alpha-crown") and engine == "auto":
         if bound_opts is not None:
-            raise CertifyError("bound_opts are auto_LiRPA options: pass engine='auto_lirpa' to bound CROWN "
+            raise CertifyError(f"bound_opts are auto_LiRPA options: pass engine='auto_lirpa' to bound {method} "
                                "with auto_LiRPA")
         try:
-            return DenseCrown(ir, norm)
+            return DenseCrown(ir, norm) if method == "crown" else DenseAlphaCrown(ir, norm)
         except GraphError:
             pass
     return Lirpa(ir, norm, method, batch_size, bound_opts)
@@ -183,6 +202,7 @@ class Certifier:
             without it an adaptive solver is refused.
         ir: the model's IR when the caller has lowered it already (``lower(model, x_clean,
             fixed_steps)``), so that several methods share one lowering.
+        time_limit: ``bab``: seconds per example and ε (then its verdict is unknown).
 
     Raises:
         CertifyError: unknown norm, method or engine; an adaptive solver without ``fixed_steps``.
@@ -191,7 +211,8 @@ class Certifier:
 
     def __init__(self, model: nn.Module, norm: str = "inf", method: str = "crown", batch_size: int = 1,
                  x_clean: torch.Tensor | None = None, bound_opts: dict[str, Any] | None = None,
-                 engine: str = "auto", fixed_steps: bool = False, *, ir: Lowered | None = None) -> None:
+                 engine: str = "auto", fixed_steps: bool = False, *, ir: Lowered | None = None,
+                 time_limit: float = BAB_TIME_LIMIT) -> None:
         self.norm, self.method = check_norm(norm), check_method(method)
         check_engine(engine)
         self.model = model.eval()
@@ -203,7 +224,7 @@ class Certifier:
                                "of shape (1, C, H, W)")
         #: the lowered model every bound is computed on (given: the caller's, e.g. shared by methods).
         self.ir = ir if ir is not None else lower(model, x_clean, fixed_steps)
-        self.bounds: Engine = make_engine(self.ir, self.norm, self.method, batch_size, bound_opts, engine)
+        self.bounds: Engine = make_engine(self.ir, self.norm, self.method, batch_size, bound_opts, engine, time_limit)
         #: what the certificates hold for.
         self.covers = self.ir.covers
         self.num_classes = self.ir.num_classes

@@ -9,8 +9,12 @@ stable neurons. A reference belongs to the engine that made it.
 
 * :class:`DenseCrown` — CROWN on the dense affine–ReLU graph (:mod:`verify.crown`), the
   default wherever the IR has one (no max pooling).
+* :class:`DenseAlphaCrown` — α-CROWN (optimised lower ReLU slopes) on the same graph
+  (:mod:`verify._alpha`), the default of ``alpha-crown`` wherever the IR has a dense graph.
 * :class:`Lirpa` — auto_LiRPA 0.3's ``ibp``, ``crown``, ``alpha-crown`` and ``forward``
   (:mod:`verify._lirpa`), traced on first use.
+* :class:`verify._milp.Milp` — the exact margins by mixed-integer programming (HiGHS) on the
+  same graph, big-M from CROWN's bounds; L∞ only, small networks.
 * :class:`TrajectoryGraph` — a controlled adaptive solver as deployed: every step decision
   of the ball followed, merged states' box hulls, CROWN through the graph (:mod:`verify._trajectory`).
 * :class:`LipschitzMargin` — margin − ε·c·L with L the product bound of the IR
@@ -31,6 +35,8 @@ from lipbound.layers import LipschitzError
 from ._dense_graph import DenseGraph
 from ._errors import CertifyError
 from ._lower import Flow, Layers, Lowered, Op
+from ._alpha import ITERATIONS as ALPHA_ITERATIONS
+from ._alpha import AlphaCrown
 from .crown import Crown
 from ._trajectory import TrajectoryGraph as TrajectoryGraph
 
@@ -93,6 +99,36 @@ class DenseCrown:
 
     def reference(self) -> Reference:
         return Reference(self.name, {k: (lo.clone(), hi.clone()) for k, (lo, hi) in self._crown.bounds.items()})
+
+
+class DenseAlphaCrown(DenseCrown):
+    """α-CROWN on the IR's dense graph (:mod:`verify._alpha`), one example at a time; never
+    below :class:`DenseCrown`'s margins. Its references (α-tightened pre-activation bounds)
+    are interchangeable with DenseCrown's.
+
+    Args:
+        ir: the lowered model.
+        norm: ``"inf"`` or ``"2"``.
+        iterations: slope-optimisation steps of the margins (auto_LiRPA's default 20).
+        intermediate_iterations: steps per layer of intermediate bounds.
+        early_stop: stop optimising once every margin is positive (False: every iteration).
+
+    Raises:
+        GraphError: the IR has no dense affine–ReLU form (e.g. max pooling).
+    """
+
+    def __init__(self, ir: Lowered, norm: str, iterations: int = ALPHA_ITERATIONS,
+                 intermediate_iterations: int = 3, early_stop: bool = True) -> None:
+        self.graph = DenseGraph.from_lowered(ir)
+        self._crown = AlphaCrown(self.graph, norm, iterations, intermediate_iterations, early_stop=early_stop)
+
+    def margins(self, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor,
+                reference: Reference | None = None) -> torch.Tensor:
+        ref = _own(reference, self.name)
+        if ref and x.shape[0] != 1:
+            raise CertifyError("reference bounds belong to one example: pass a batch of one")
+        return torch.stack([self._crown.margins(x[i], float(eps[i]), C[i], ref).detach()
+                            for i in range(x.shape[0])])
 
 
 class LipschitzMargin:

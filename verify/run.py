@@ -161,7 +161,8 @@ class ExampleCertifier:
         self.ratios: dict[str, list[float]] = {m: [] for m in spec.methods}
         #: the model lowered once (an adaptive solver: per example, see :meth:`_certifiers`).
         self.ir = None if self.adaptive else lower(model)
-        self._fixed = {} if self.adaptive else {m: Certifier(model, spec.norm, m, engine=spec.engine, ir=self.ir)
+        self._fixed = {} if self.adaptive else {m: Certifier(model, spec.norm, m, engine=spec.engine, ir=self.ir,
+                                                                time_limit=spec.time_limit)
                                                 for m in spec.methods}
 
     def _certifiers(self, xi: torch.Tensor) -> dict[str, Certifier]:
@@ -171,7 +172,8 @@ class ExampleCertifier:
         if self.adaptive:
             self.ir = lower(self.model, xi, fixed_steps=True)
         certs = self._fixed or {m: Certifier(self.model, spec.norm, m, x_clean=xi, engine=spec.engine,
-                                             fixed_steps=True, ir=self.ir) for m in spec.methods}
+                                             fixed_steps=True, ir=self.ir, time_limit=spec.time_limit)
+                                for m in spec.methods}
         for m, cert in certs.items():
             cert.search_ratios[:] = self.ratios[m]
         return certs

@@ -92,11 +92,13 @@ def test_l2_ball_through_a_relu_on_the_input(held_out):
     with torch.no_grad():
         adv_margin = float(net(x_adv)[0, 0] - net(x_adv)[0, 1])
     assert adv_margin == pytest.approx(-3.5, abs=1e-4)  # the point breaks class 0 inside the ball
-    res = certify(net, xi, y, 0.5, "2", "crown")  # the dense engine: the input's box, not the point x
-    assert not bool(res.certified[0])
-    assert float(res.lower[0, 0]) <= adv_margin + SLACK
+    for method in ("crown", "alpha-crown"):  # the dense engines: the input's box, not the point x
+        res = certify(net, xi, y, 0.5, "2", method)
+        assert not bool(res.certified[0])
+        assert float(res.lower[0, 0]) <= adv_margin + SLACK
     # auto_LiRPA 0.3 bounds this ball as the point x: its L2 path refuses the model
-    for method, engine in (("crown", "auto_lirpa"), ("ibp", "auto"), ("forward", "auto"), ("alpha-crown", "auto")):
+    for method, engine in (("crown", "auto_lirpa"), ("ibp", "auto"), ("forward", "auto"),
+                           ("alpha-crown", "auto_lirpa")):
         with pytest.raises(CertifyError, match="as a point through Relu"):
             certify(net, xi, y, 0.5, "2", method, engine=engine)
 
