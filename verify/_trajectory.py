@@ -53,6 +53,9 @@ RATIO_SLACK = 1e-4
 #: steps of single paths from the ODE block's input whose error estimate is also bounded by
 #: back-substitution to that input (at most this many such states).
 CHAIN_CROWN = 8
+#: ... and only while the interval bound of the error ratio is below this (back-substitution tightens
+#: it by a factor of about 4 on GAINS's models: far above, no decision can be removed).
+CHAIN_RATIO = 16.0
 #: trajectory-graph nodes above which an example is given up (its margins are −∞: not certified).
 MAX_NODES = 400
 
@@ -465,8 +468,9 @@ def _forward(graph: _Graph, crown: _GraphCrown, spec: CASFlowSpec, max_nodes: in
             codes: tuple[int, ...] = (1,)
         else:
             states = (crown._interval(y), crown._interval(y1)) if rule.needs_states else (None, None)
-            codes = rule.decisions(*rule.ratio_bounds(crown._interval(err), *states))
-            if len(codes) > 1 and y in chain and len(chain) <= CHAIN_CROWN and tighten:
+            ratio = rule.ratio_bounds(crown._interval(err), *states)
+            codes = rule.decisions(*ratio)
+            if len(codes) > 1 and y in chain and len(chain) <= CHAIN_CROWN and tighten and ratio[1] < CHAIN_RATIO:
                 tight = rule.decisions(*rule.ratio_bounds(crown.bounds_over(err, graph.state), *states))
                 tighten = len(tight) < len(codes)  # later steps are bounded no better: stop when this one gains nothing
                 codes = tight
