@@ -105,19 +105,26 @@ class Square(Attack):
         best = (x + self._init_delta(x, eps_full)).clamp(0.0, 1.0)
         loss = self._loss(best, y, idx)
         self._iterations += 1
+        # the live examples, compacted: (index, x, best, label, ε, loss), shrunk when some are broken
+        live = loss >= 0
+        state = [t[live] for t in (idx, x, best, y, eps_full, loss)]
         for q in range(1, self.queries):
-            live = (loss >= 0).nonzero().squeeze(1)
-            if live.numel() == 0:
+            rows, xs, bs, ys, eps, ls = state
+            if rows.numel() == 0:
                 break
-            xs, bs, eps = x[live], best[live], eps_full[live]
             p = p_schedule(self.p_init, q, self.queries)
             cand = self._step_inf(xs, bs, eps, p) if self.norm == "inf" else self._step_l2(xs, bs, eps, p)
-            new = self._loss(cand, y[live], live)
+            new = self._loss(cand, ys, rows)
             self._iterations += 1
-            better = new < loss[live]
-            rows = live[better]
-            best[rows] = cand[better]
-            loss[rows] = new[better]
+            better = new < ls
+            bs[better] = cand[better]
+            ls[better] = new[better]
+            done = better & (new < 0)
+            if done.any():
+                best[rows[done]], loss[rows[done]] = bs[done], ls[done]
+                state = [t[~done] for t in state]
+        rows, _, bs, _, _, ls = state
+        best[rows], loss[rows] = bs, ls
         self._known_success = loss < 0
         return best
 
@@ -150,12 +157,11 @@ class Square(Attack):
         r, col = self._randint(h - s + 1), self._randint(w - s + 1)
         win = (slice(None), slice(None), slice(r, r + s), slice(col, col + s))
         x_win, b_win = xs[win], bs[win]
-        new_win = (x_win + eps * self._signs((m, c, 1, 1), xs)).clamp(0.0, 1.0)
-        for _ in range(10):  # redraw where the square would not change the clamped point
-            same = (new_win - b_win).abs().flatten(1).amax(dim=1) < 1e-7
-            if not same.any():
-                break
-            new_win[same] = (x_win[same] + eps[same] * self._signs((int(same.sum()), c, 1, 1), xs)).clamp(0.0, 1.0)
+        signs = self._signs((m, c, 1, 1), xs)
+        new_win = (x_win + eps * signs).clamp(0.0, 1.0)
+        same = (new_win - b_win).abs().flatten(1).amax(dim=1) < 1e-7
+        if same.any():  # the square would not move these points: flip its signs (a new point unless the box binds)
+            new_win[same] = (x_win[same] - eps[same] * signs[same]).clamp(0.0, 1.0)
         # outside the square the candidate is the current best (already in the ball and the box)
         out = bs.clone()
         out[win] = new_win
