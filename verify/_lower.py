@@ -370,7 +370,8 @@ def cas_h0(block: ODEBlock) -> float:
     s = block.solver
     if s.step_size is not None:
         return float(s.step_size)
-    return min(1.0, max(0.0, float(block.running_mean_step)))
+    learned = getattr(block, "running_mean_step", None)  # absent until the block has run a CAS
+    return min(1.0, max(0.0, float(learned))) if learned is not None else 0.0
 
 
 def _field_chain(field: nn.Module, where: str) -> tuple[Op, ...]:
