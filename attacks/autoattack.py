@@ -2,8 +2,9 @@
 
 ``standard`` runs APGD-CE, APGD-T (targeted DLR, 9 targets) and Square (5,000 queries); the
 paper's ensemble also has FAB-T between APGD-T and Square, which this toolkit does not
-implement (FAB-T breaks almost no point that APGD-T leaves robust in the paper's own
-tables, and its L∞/L2 projections onto a hyperplane ∩ box are a project of their own).
+implement yet (its exact projections onto a hyperplane ∩ box in L∞ and L2 are an algorithm of
+their own). ``benchmarks/autoattack_vs_peers.py`` measures what the omission costs: its peer
+side is torchattacks' ensemble with FAB.
 ``rand`` (for randomized defenses) runs APGD-CE and APGD-DLR with EOT over 20 samples.
 
 References:
