@@ -518,7 +518,9 @@ def _interval_margins(graph: _Graph, crown: _GraphCrown, finals: Sequence[int], 
     """Interval (IBP) lower bounds of ``C @ logits``, the last affine map merged into C, min over the heads."""
     out = None
     for y in dict.fromkeys(finals):
+        first = len(graph.builder.nodes)
         logits = graph.head_of(y)
+        crown.bound_relus(first, crown=False)
         node = graph.builder.nodes[logits]
         if node.kind == "affine":
             lb = _box_min(C @ node.weight, crown._interval(node.src[0])) + C @ node.bias

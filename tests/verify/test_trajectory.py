@@ -26,14 +26,16 @@ GAINS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "peers" / "gain
            "run_1.0.pth.tar").resolve()
 
 
-def _tiny(atol: float, h0: float = 0.5, seed: int = 0, scale: float = 0.7) -> nn.Sequential:
-    """A 16-pixel ODE-net on a CAS (dopri5): Linear stem, Linear–ReLU–Linear field, Linear head."""
+def _tiny(atol: float, h0: float = 0.5, seed: int = 0, scale: float = 0.7, hidden_head: bool = False) -> nn.Sequential:
+    """A 16-pixel ODE-net on a CAS (dopri5): Linear stem, Linear–ReLU–Linear field, Linear head
+    (``hidden_head``: Linear–ReLU–Linear)."""
     torch.manual_seed(seed)
     field = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 6))
     with torch.no_grad():
         field[2].weight.mul_(scale)
+    head = [nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)] if hidden_head else [nn.Linear(6, 3)]
     m = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), ODEBlock(field, SolverConfig.cas("dopri5", atol=atol, h0=h0)),
-                      nn.Linear(6, 3))
+                      *head)
     m.input_shape, m.num_classes = (1, 4, 4), 3
     return m.eval()
 
@@ -115,6 +117,21 @@ def test_branching_is_real_and_every_trajectory_is_bounded() -> None:
     C = spec_matrix(y, 3)[0]
     assert ((logits @ C.T).amin(0) >= lb - 1e-5).all()
     assert (min_margins(m, x, int(y), eps, steps=20, restarts=1) >= lb - 1e-5).all()
+
+
+def test_relu_head_and_sampled_margins() -> None:
+    """A head with a ReLU after the CAS block, at a radius where the graph branches."""
+    m = _tiny(atol=0.01, hidden_head=True)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    eps = 0.03
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    cert = Certifier(m, "inf", "crown")
+    lb = cert.margins(x, y, eps)[0]
+    assert cert.bounds.last_stats[0].paths >= 2
+    xs = (x + eps * (2 * torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(0)) - 1)).clamp(0, 1)
+    logits, _ = _sequences(m, xs)
+    assert ((logits @ spec_matrix(y, 3)[0].T).amin(0) >= lb - 1e-5).all()
 
 
 def test_aggregate_bounds_the_minimum() -> None:
