@@ -40,10 +40,13 @@ def _tiny(atol: float, h0: float = 0.5, seed: int = 0, scale: float = 0.7, hidde
     return m.eval()
 
 
-def _root_ratio(m: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def _root_ratio(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Error ratio of the first step the CAS tries (differentiable in x)."""
-    flow = next(p for p in lower(m).parts if isinstance(p, CASFlow))
-    y0 = m[1](m[0](x))
+    parts = lower(m).parts
+    k = next(i for i, p in enumerate(parts) if isinstance(p, CASFlow))
+    flow, y0 = parts[k], x
+    for part in parts[:k]:
+        y0 = part(y0)
 
     def f(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return field_value(flow.field, float(t), h)
@@ -61,7 +64,7 @@ def _branching() -> tuple[nn.Sequential, torch.Tensor]:
     return _tiny(atol=atol), x
 
 
-def step_attack(m: nn.Sequential, x: torch.Tensor, eps: float, steps: int = 15) -> torch.Tensor:
+def step_attack(m: nn.Module, x: torch.Tensor, eps: float, steps: int = 15) -> torch.Tensor:
     """GAINS's step attack: inputs of the ball driving the first step's error ratio up and down."""
     out = []
     for sign in (1.0, -1.0):
@@ -175,6 +178,7 @@ def test_gains_model_margins_contain_the_deployed_margins() -> None:
     lb = res.lower[0]
     g = torch.Generator().manual_seed(0)
     xs = (x[:1] + eps * torch.sign(torch.randn(40, 1, 28, 28, generator=g))).clamp(0, 1)
+    xs = torch.cat([xs, step_attack(m, x[:1], eps, steps=10)])
     with torch.no_grad():
         logits = m(xs)
     C = spec_matrix(y[:1], 10)[0]
