@@ -56,6 +56,18 @@ class _SplitRelax:
         return coef.index_add(1, self.idx, -self.beta_sign), bias
 
 
+def _constants(graph: DenseGraph) -> DenseGraph:
+    """The graph with every tensor detached: a field's time-dependent bias is built from the
+    model's parameters with their autograd history, which the slopes' gradient must not enter
+    (a second step would backpropagate through the freed graph of the first)."""
+    if not any(isinstance(v, torch.Tensor) and v.requires_grad
+               for n in graph.nodes for v in (n.weight, n.bias, n.l2_dev)):
+        return graph
+    nodes = [dataclasses.replace(n, **{k: getattr(n, k).detach() for k in ("weight", "bias", "l2_dev")
+                                       if getattr(n, k) is not None}) for n in graph.nodes]
+    return DenseGraph(graph.input_shape, nodes, graph.description, graph.block)
+
+
 class AlphaCrown(Crown):
     """α-CROWN bounds of one :class:`DenseGraph` for one example at a time.
 
@@ -82,7 +94,7 @@ class AlphaCrown(Crown):
             raise ValueError("iterations must be >= 0 and patience >= 1")
         if not lr > 0 or not 0 < lr_decay <= 1:
             raise ValueError(f"lr must be > 0 and lr_decay in (0, 1], got {lr}, {lr_decay}")
-        super().__init__(graph, norm)
+        super().__init__(_constants(graph), norm)
         self.iterations, self.intermediate_iterations = iterations, intermediate_iterations
         self.lr, self.lr_decay, self.patience, self.early_stop = lr, lr_decay, patience, early_stop
         #: CROWN's margins of the last call (the floor of the α-CROWN result).

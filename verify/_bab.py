@@ -182,8 +182,8 @@ class BranchAndBound:
         if not time_limit > 0:
             raise CertifyError(f"bab: the time limit must be > 0 seconds, got {time_limit}")
         self.ir, self.time_limit = ir, float(time_limit)
-        self.graph = DenseGraph.from_lowered(ir)
-        self._root = AlphaCrown(self.graph, norm, iterations)
+        self._root = AlphaCrown(DenseGraph.from_lowered(ir), norm, iterations)
+        self.graph = self._root.graph  # its constants detached from the model's parameters
         self._sub = _SplitCrown(self.graph, norm, iterations)
         self._module = LoweredModule(ir, nn.Module()).eval()
         self.attack_steps, self.attack_restarts, self.seed = attack_steps, attack_restarts, seed

@@ -66,6 +66,20 @@ def test_alpha_crown_at_least_crown_and_sound(kind, make, seed):
     assert gained  # the slopes were optimised, not left at CROWN's
 
 
+def test_alpha_crown_and_bab_on_a_time_channel_field():
+    """A field reading the time channel has a bias built from the parameters (with autograd
+    history): slope optimisation must not backpropagate into it (soundness campaign trial 0)."""
+    torch.manual_seed(6)
+    net = ODENet(channels=2, solver=SolverConfig.fixed("heun2", 2), input_size=8, time_channel=True).eval()
+    x = torch.rand(1, 1, 8, 8)
+    y = net(x).argmax(1)
+    for norm, eps in (("inf", 0.3), ("2", 2.0)):
+        alpha = certify(net, x, y, eps, norm, "alpha-crown").lower[0]
+        assert float((min_margins(net, x, int(y), eps, norm) - alpha).min()) >= -SLACK
+    v = BranchAndBound(lower(net), "inf", time_limit=2, attack_steps=0).verdict(x, 0.3, spec_matrix(y, 10)[0])
+    assert float((min_margins(net, x, int(y), 0.3) - v.lower).min()) >= -SLACK
+
+
 def test_alpha_crown_l2_is_sound():
     net = _ode(3, 2)
     x = torch.rand(1, 1, 8, 8)
