@@ -324,22 +324,19 @@ def _err_weights(tab: ButcherTableau) -> tuple[float, ...]:
 
 class _StepBuilder(_Builder):
     """The dense builder, its field convolutions' row norms kept once (every stage of every step
-    reuses the same matrices)."""
+    reuses the same matrices; copies of the builder share the caches)."""
 
     def field_conv(self, conv: ConcatConv2d, t: float) -> None:
+        norms = self.__dict__.setdefault("_norms", {})
         key = (id(conv), self.shape)
-        if key not in self._field_cache or key not in _NORMS.get(id(self._field_cache), {}):
+        if key not in self._field_cache or key not in norms:
             super().field_conv(conv, t)
-            _NORMS.setdefault(id(self._field_cache), {})[key] = self._pending[2]
+            norms[key] = self._pending[2]
             return
         w, b0, slope, conv_t, out_shape = self._field_cache[key]
         src = self.flush()
-        self._pending = (w, b0 if slope is None else b0 + t * slope, _NORMS[id(self._field_cache)][key], src, conv_t)
+        self._pending = (w, b0 if slope is None else b0 + t * slope, norms[key], src, conv_t)
         self.shape = out_shape
-
-
-#: row norms of the cached field matrices, per builder cache (keyed by the cache's id while it lives).
-_NORMS: dict[int, dict] = {}
 
 
 class _Graph:
