@@ -97,3 +97,6 @@ def _image(graph: DenseGraph, flat: torch.Tensor, like: torch.Tensor) -> torch.T
     img = torch.empty(n, dtype=torch.float64)
     img[perm] = flat
     return img.to(like.dtype).reshape(1, *graph.input_shape)
+
+
+__all__ = ["LP_TOL", "affine_rows", "leaf_minima"]
