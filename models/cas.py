@@ -36,7 +36,11 @@ Exact semantics (one example; a batch integrates each example's own sequence):
   So a fallback shows in the record as a REJECT followed by a step of the same ``(t, h)``.
 
 The record of a solve is, per example, the list of :class:`CASStep` ``(t, h, decision)`` of
-every step tried (rejected ones included), in order.
+every step tried (rejected ones included), in order. The decision is the rule's: a doubling
+whose doubled step the clip shortens stays :data:`ACCEPT_DOUBLE` (GAINS's own record writes 1
+for it when the clipped step is no larger than the step taken). Stage times ``t + c_i h`` are
+computed in float64 and cast to the state's dtype (GAINS evaluates a stage with ``c_i = 1`` one
+float below ``t + h``: a 1-ulp difference in the time plane).
 
 References:
     Zeqiri, Müller, Fischer, Vechev, "Efficient Certified Training and Robustness
