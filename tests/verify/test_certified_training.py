@@ -214,6 +214,9 @@ def test_resume_equals_uninterrupted_and_refuses_another_certified_recipe(tmp_pa
     (["train", "--preset", "ode-cert-0.1", "--cert-eps", "-0.1"], "--cert-eps"),
     (["train", "--preset", "no-such-preset"], "unknown preset"),
     (["train", "--preset", "ode-cert-0.1", "--n-train", "0"], "--n-train"),
+    (["train", "--preset", "ode-cert-0.1", "--config", "chanels=8"], "chanels"),
+    (["train", "--preset", "ode-cert-0.1", "--config", "channels"], "KEY=VALUE"),
+    (["train", "--preset", "ode-cert-0.1", "--kappa-end", "1.5"], "kappa_end"),
 ])
 def test_cli_bad_input_is_one_line_and_status_2(argv: list[str], needle: str, capsys) -> None:
     assert main(argv) == 2
@@ -243,3 +246,20 @@ def test_cli_trains_measures_and_saves(tmp_path: Path, capsys) -> None:
     assert 0 <= meta["certified_accuracy"]["accuracy"] <= meta["held_out_accuracy"] <= 1
     assert (tmp_path / "tiny-0.1.pt").exists() and not (tmp_path / "tiny-0.1.resume.pt").exists()
     assert "IBP-certified accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (Path(os.environ.get("ODE_ROBUSTNESS_DATA", "/nonexistent")) / "mnist").exists(),
+                    reason="MNIST not found (set ODE_ROBUSTNESS_DATA)")
+def test_cli_research_flags_reach_the_model_recipe_and_schedule(tmp_path: Path) -> None:
+    import json
+
+    argv = ["train", "--preset", "ode-cert-0.1", "--epochs", "1", "--n-train", "32", "--n-eval", "8",
+            "--warmup-epochs", "0", "--ramp-epochs", "1", "--batch-size", "32", "--schedule", "cosine",
+            "--ramp-exponent", "2", "--kappa-end", "0.25", "--shift", "1", "--config", "channels=4",
+            "--config", "head_hidden=0", "--out", str(tmp_path / "flags"), "--no-progress"]
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "flags.json").read_text())
+    assert meta["config"]["channels"] == 4 and meta["config"].get("head_hidden", 0) == 0
+    assert meta["recipe"]["schedule"] == "cosine" and meta["recipe"]["shift"] == 1
+    assert meta["cert_recipe"]["exponent"] == 2 and meta["cert_recipe"]["kappa_end"] == 0.25
+    assert "degree 2" in meta["eps_schedule"]
