@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     summary, table = _summary(rows)
     (RESULTS / "alpha_crown_speed.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     (RESULTS / "alpha_crown_speed.md").write_text(
-        "# α-CROWN per bound: dense engine vs auto_LiRPA 0.3 (one thread, same run)\n\n"
+        "# α-CROWN per bound: dense engine vs auto_LiRPA 0.3 (one thread, one resumable run)\n\n"
         "At the ε where dense CROWN stops certifying; 20 margin iterations on both sides. Times are CPU\n"
         "seconds of the one-thread process (wall seconds, longer on a shared machine, are in the JSON).\n\n" + table + "\n")
     print(table)
