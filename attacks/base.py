@@ -314,7 +314,9 @@ class Attack:
         ``randomized = True`` is always scored by a fresh pass) and projection left the points
         unchanged."""
         known = self._known_success
-        return (known is not None and self.eval_solver is None and self.grad_samples == 1
+        # the attack marked its points under attack_solver; scoring runs under eval_solver (None:
+        # the model's own), so the marks stand only where the two solvers are the same
+        return (known is not None and self.eval_solver == self.attack_solver and self.grad_samples == 1
                 and not getattr(self.model, "randomized", False) and bool(known.all()) and torch.equal(raw, x_adv))
 
     # ------------------------------------------------------------------ helpers for subclasses

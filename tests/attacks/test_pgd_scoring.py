@@ -79,3 +79,19 @@ def test_unknown_output_is_refused():
     m, _ = _model_and_calls()
     with pytest.raises(AttackError, match="unknown PGD output 'final'"):
         PGD(m, eps=0.1, output="final")
+
+
+def test_points_found_under_the_attack_solver_are_scored_under_the_models_own():
+    """An attack run with ``attack_solver`` and no ``eval_solver`` is scored by the model's own solver:
+    the iterates it found misclassified under the attack solver are not taken on trust."""
+    from models import SolverConfig
+    from models.zoo import load
+
+    from models.data import load_dataset
+
+    model = load("ode")
+    x, y = load_dataset("mnist-t10k", "test", n=24)
+    res = PGD(model, eps=0.3, steps=10, step_size=0.05, attack_solver=SolverConfig.fixed("euler", 1))(x, y)
+    with torch.no_grad():
+        real = model(res.x_adv).argmax(1) != y
+    assert torch.equal(res.success, real)
