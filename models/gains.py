@@ -32,9 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Classifier
 from .fields import ConcatConv2d
-from .odenet import ODEBlock
+from .odenet import ODEBlock, ODEClassifier
 from .solver import SolverConfig
 
 #: GAINS's MNIST normalisation.
@@ -65,7 +64,7 @@ _KEYS: dict[str, str] = {
 }
 
 
-class GainsODENet(Classifier):
+class GainsODENet(ODEClassifier):
     """GAINS's ``ODENet_mini_MNIST`` as a chain: normalisation, stem, ODE block, head.
 
     Args:
@@ -94,22 +93,6 @@ class GainsODENet(Classifier):
         self.block = ODEBlock(field, solver)
         side = ((input_size - 5) // 2 + 1 - 5) // 2 + 1
         self.head = nn.Sequential(nn.AvgPool2d(side), nn.Flatten(), nn.Linear(channels, num_classes))
-
-    @property
-    def solver(self) -> SolverConfig:
-        """The ODE block's solver config (assignable)."""
-        return self.block.solver
-
-    @solver.setter
-    def solver(self, value: SolverConfig) -> None:
-        if not isinstance(value, SolverConfig):
-            raise TypeError(f"solver must be a SolverConfig, got {type(value).__name__}")
-        self.block.solver = value
-
-    @property
-    def nfe(self) -> int:
-        """Function evaluations of the last forward."""
-        return self.block.nfe
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.stem(self.normalize(x))))

@@ -199,7 +199,28 @@ class _Recorder(_Counted):
         self.steps.append((float(t0.detach()), float(dt.detach())))
 
 
-class ODENet(Classifier):
+class ODEClassifier(Classifier):
+    """A classifier with one :class:`ODEBlock` ``self.block``: its solver is the model's (assignable,
+    swappable at test time) and its NFE the model's."""
+
+    @property
+    def solver(self) -> SolverConfig:
+        """The ODE block's solver config (assignable)."""
+        return self.block.solver
+
+    @solver.setter
+    def solver(self, value: SolverConfig) -> None:
+        if not isinstance(value, SolverConfig):
+            raise TypeError(f"solver must be a SolverConfig, got {type(value).__name__}")
+        self.block.solver = value
+
+    @property
+    def nfe(self) -> int:
+        """Function evaluations of the last forward."""
+        return self.block.nfe
+
+
+class ODENet(ODEClassifier):
     """Stem -> :class:`ODEBlock` -> head, logits out.
 
     Args:
@@ -241,22 +262,6 @@ class ODENet(Classifier):
         self.block = ODEBlock(make_field(field, channels, **field_kwargs), solver)
         self.head = make_head(channels, trunk_feature_size(input_size), head_pool, num_classes, norm,
                               head_hidden)
-
-    @property
-    def solver(self) -> SolverConfig:
-        """The ODE block's solver config (assignable)."""
-        return self.block.solver
-
-    @solver.setter
-    def solver(self, value: SolverConfig) -> None:
-        if not isinstance(value, SolverConfig):
-            raise TypeError(f"solver must be a SolverConfig, got {type(value).__name__}")
-        self.block.solver = value
-
-    @property
-    def nfe(self) -> int:
-        """Function evaluations of the last forward."""
-        return self.block.nfe
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.stem(x)))

@@ -96,26 +96,9 @@ class _GraphCrown(Crown):
         Every path from ``start`` back must reach ``stop`` before anything older (true for a
         step and its source state, and for a head and its state).
         """
-        g = self.graph
         acc: dict[int, tuple[torch.Tensor, bool]] = {start: (A, False)}
         bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
-        for i in range(start, stop, -1):
-            entry = acc.pop(i, None)
-            if entry is None:
-                continue
-            A, node = entry[0], g.nodes[i]
-            if node.kind == "affine":
-                bias.addmv_(A, node.bias)
-                self._add(acc, node.src[0], node.back(A), owned=True)
-            elif node.kind == "sum":
-                if node.bias is not None:
-                    bias.addmv_(A, node.bias)
-                for c, s in zip(node.coef, node.src):
-                    self._add(acc, s, A, c)
-            else:
-                coef, b = self._relax[i].back(A)
-                bias += b
-                self._add(acc, node.src[0], coef, owned=True)
+        self._substitute(acc, bias, start, stop)
         if set(acc) != {stop}:
             raise ValueError(f"back-substitution from node {start} left nodes {sorted(acc)} besides {stop}")
         return acc[stop][0], bias

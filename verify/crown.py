@@ -193,11 +193,21 @@ class Crown:
     # ---- back-substitution --------------------------------------------------------------
     def _backward(self, start: dict[int, torch.Tensor], rows: int) -> torch.Tensor:
         """Lower bounds of ``A @ v[node]`` for the rows in ``start`` (node -> A of shape (rows, dim))."""
-        g = self.graph
         acc: dict[int, tuple[torch.Tensor, bool]] = {i: (A, False) for i, A in start.items()}
-        top = max(start)
         bias = torch.zeros(rows, dtype=self._x.dtype, device=self._x.device)
-        for i in range(top, 0, -1):
+        self._substitute(acc, bias, max(start), 0)
+        A = acc[0][0]
+        if self.norm == "inf":
+            mid, rad = self._input
+            return A @ mid - A.abs() @ rad + bias
+        return A @ self._x - self._eps * A.norm(dim=1) + bias
+
+    def _substitute(self, acc: dict[int, tuple[torch.Tensor, bool]], bias: torch.Tensor, top: int,
+                    stop: int) -> None:
+        """Back-substitute the rows in ``acc`` through nodes top..stop+1 (in place): afterwards ``acc``
+        holds the coefficients on older nodes and ``bias`` (rows,) the accumulated constants."""
+        g = self.graph
+        for i in range(top, stop, -1):
             entry = acc.pop(i, None)
             if entry is None:
                 continue
@@ -215,11 +225,6 @@ class Crown:
                 coef, b = self._relax[i].back(A)
                 bias += b
                 self._add(acc, node.src[0], coef, owned=True)
-        A = acc[0][0]
-        if self.norm == "inf":
-            mid, rad = self._input
-            return A @ mid - A.abs() @ rad + bias
-        return A @ self._x - self._eps * A.norm(dim=1) + bias
 
     @staticmethod
     def _add(acc: dict[int, tuple[torch.Tensor, bool]], i: int, A: torch.Tensor, c: float = 1.0,
