@@ -47,6 +47,13 @@ _SAMPLE = re.compile(r"SAMPLE eps=(\S+) idx=(\d+) label=(\d+) cert=(\d) min_lb=(
 _LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 
 
+def checkpoint(target: float) -> Path:
+    """GAINS's released certified (box) checkpoint for ε_t = target."""
+    return (GAINS_DIR / "models" / "pre-trained" / "MNIST" /
+            f"boxactivation_mini_method_dopri5_0.005_2a_epoch_100_seed_12345_target_{target:g}_gamma_0.01_omega_0.0_"
+            "traj_0_run_1.0.pth.tar")
+
+
 def cache_path(target: float) -> Path:
     """The JSONL cache of one released model."""
     return CACHE / f"target_{target:g}.jsonl"

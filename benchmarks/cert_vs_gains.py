@@ -77,12 +77,12 @@ def _gains_pgd(indices: list[int], eps_list: tuple[float, ...], target: float, s
     """Our PGD on GAINS's model (``models.zoo.resolve("gains:...")`` where that loader exists)."""
     from models import zoo
 
-    from ._gains_peer import GAINS_DIR
+    from ._gains_peer import checkpoint
 
-    paths = sorted((GAINS_DIR / "models" / "pre-trained" / "MNIST").glob(f"boxactivation_*target_{target:g}_*.pth.tar"))
-    if not paths:
-        return {"available": False, "reason": f"no released GAINS model with target {target:g} in {GAINS_DIR}"}
-    spec = f"gains:{paths[0]}"
+    path = checkpoint(target)
+    if not path.exists():
+        return {"available": False, "reason": f"no released GAINS model with target {target:g}: {path}"}
+    spec = f"gains:{path}"
     try:
         model, _ = zoo.resolve(spec)
     except Exception as err:  # the loader belongs to another issue; say why the cell is empty

@@ -35,13 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-GAINS_DIR = (ROOT / ".." / "shared" / "peers" / "gains").resolve()
-MNIST_DIR = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
-CHECKPOINTS: dict[str, Path] = {
-    f"box_{t}": GAINS_DIR / "models" / "pre-trained" / "MNIST" / (
-        f"boxactivation_mini_method_dopri5_0.005_2a_epoch_100_seed_12345_target_{t}_gamma_0.01_omega_0.0_traj_0_run_1.0"
-        ".pth.tar") for t in ("0.11", "0.22")}
+from benchmarks._gains_peer import GAINS_DIR, MNIST_DIR, ROOT, checkpoint
+
+CHECKPOINTS: dict[str, Path] = {f"box_{t}": checkpoint(float(t)) for t in ("0.11", "0.22")}
 FIXTURE = ROOT / "tests" / "models" / "fixtures" / "gains_logits.json"
 RESULTS = ROOT / "benchmarks" / "results" / "gains_reference.json"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -35,19 +35,12 @@ from typing import Any
 
 import torch
 
-from benchmarks._gains_peer import GAINS_DIR, GAINS_EPS, TARGETS, load_rows
+from benchmarks._gains_peer import GAINS_EPS, TARGETS, checkpoint, load_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = RESULTS / "gains_vs_ours.jsonl"
 #: the first official test-set position of mnist-t10k's held-out split.
 HELD_OUT_START = 8000
-
-
-def checkpoint(target: float) -> Path:
-    """GAINS's released certified (box) checkpoint for ε_t = target."""
-    return (GAINS_DIR / "models" / "pre-trained" / "MNIST" /
-            f"boxactivation_mini_method_dopri5_0.005_2a_epoch_100_seed_12345_target_{target:g}_gamma_0.01_omega_0.0_"
-            "traj_0_run_1.0.pth.tar")
 
 
 def _done() -> dict[tuple[float, int, float], dict[str, Any]]:
