@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -99,6 +100,9 @@ class AlphaCrown(Crown):
         self.lr, self.lr_decay, self.patience, self.early_stop = lr, lr_decay, patience, early_stop
         #: CROWN's margins of the last call (the floor of the α-CROWN result).
         self.crown_margins: torch.Tensor | None = None
+        #: ``time.perf_counter()`` value after which optimisation stops at its best bound so far
+        #: (every iterate's bound is valid, so stopping early only loosens it); None: no limit.
+        self.deadline: float | None = None
 
     def margins(self, x: torch.Tensor, eps: float, C: torch.Tensor,
                 reference: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
@@ -118,6 +122,8 @@ class AlphaCrown(Crown):
         """Optimise the bounds of every unstable neuron, layer by layer (updates ``bounds``)."""
         g = self.graph
         for relu, p in g.relus:
+            if self._past_deadline():
+                break  # the remaining layers keep CROWN's bounds
             node = g.nodes[p]
             if node.kind == "affine" and node.src[0] == 0:
                 continue  # exact interval bounds already
@@ -179,7 +185,8 @@ class AlphaCrown(Crown):
                 total = float(best.sum())
                 stale = stale + 1 if total - prev <= 1e-4 * max(abs(prev), 1.0) else 0
                 prev = max(prev, total)
-                if last or (stop is not None and stop(best)) or stale >= self.patience or not bound.requires_grad:
+                if (last or (stop is not None and stop(best)) or stale >= self.patience or not bound.requires_grad
+                        or self._past_deadline()):
                     break
                 opt.zero_grad()
                 (-bound.sum()).backward()
@@ -194,6 +201,9 @@ class AlphaCrown(Crown):
             self._relax.update(base)
         assert best is not None
         return best
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     def _slopes(self, start: dict[int, torch.Tensor], rows: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """(relu node, slopes (rows, dim) warm-started at CROWN's, unstable mask) for every ReLU

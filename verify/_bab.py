@@ -206,6 +206,8 @@ class BranchAndBound:
             C: (K', K) specification.
         """
         start = time.perf_counter()
+        # the bounds' own optimisation stops at the limit too (at a looser, still valid bound)
+        self._root.deadline = self._sub.deadline = start + self.time_limit
         x = x.reshape(1, *self.ir.input_shape)
         C = C.to(x.dtype)
         cex = self._attack(x, eps, C)

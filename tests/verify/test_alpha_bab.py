@@ -211,3 +211,21 @@ def test_bab_radius_search_and_errors():
     with pytest.raises(RunConfigError, match="time_limit"):
         RunSpec(model="ode", methods=("bab",), time_limit=-1)
     assert RunSpec.from_json(RunSpec(model="ode", methods=("bab",), time_limit=5).to_json()).time_limit == 5
+
+
+def test_a_passed_deadline_stops_the_slope_optimisation_at_crowns_bound():
+    """BaB's time limit reaches the α-CROWN optimisation: past its deadline it stops after the first
+    evaluation (CROWN's slopes), a valid bound, instead of running its iterations."""
+    net = NETS[0][1](0)
+    torch.manual_seed(10)
+    x = torch.rand(1, 1, 8, 8)
+    y = net(x).argmax(1)
+    C = spec_matrix(y, 10)[0]
+    engine = DenseAlphaCrown(lower(net), "inf", early_stop=False)
+    eps = torch.tensor([0.2])
+    free = engine.margins(x, eps, C[None])[0]
+    engine._crown.deadline = 0.0  # long past
+    stopped = engine.margins(x, eps, C[None])[0]
+    crown = certify(net, x, y, 0.2, "inf", "crown").lower[0]
+    assert torch.allclose(stopped, crown, atol=1e-5)
+    assert bool((free > crown + 1e-4).any())
