@@ -159,7 +159,7 @@ def _model_records(ctx: StudyContext, name: str, model: nn.Module, x: torch.Tens
             akey = f"{name}/alpha-crown-matrix/i{i}/{tkey}" + (f"-evals{evals}" if evals else "")
 
             def alpha() -> dict[str, Any]:
-                cert = Certifier(model, "inf", "alpha-crown")
+                cert = Certifier(model, "inf", "alpha-crown", engine="auto_lirpa")  # the cached cells are auto_LiRPA's
                 try:
                     return _radius(cert, xi, yi, tol, guess, evals)
                 except (AssertionError, AttributeError, TypeError, RuntimeError) as err:  # auto_LiRPA 0.3 internal failures
