@@ -15,24 +15,23 @@ from ._backends import BACKENDS, certify_parallel, make_backend
 from .run import RunConfigError, RunSpec, certify_run, finished_examples, parse_shard
 
 
-def _eps(text: str) -> float:
+def _positive(text: str, invalid: str, must: str) -> float:
+    """A positive finite float from the command line; the two messages name the option."""
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid eps {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{invalid} {text!r}") from None
     if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"eps must be a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{must}, got {text!r}")
     return v
+
+
+def _eps(text: str) -> float:
+    return _positive(text, "invalid eps", "eps must be a positive number")
 
 
 def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid time limit {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"the time limit must be a positive number of seconds, got {text!r}")
-    return v
+    return _positive(text, "invalid time limit", "the time limit must be a positive number of seconds")
 
 
 def _positive_int(text: str) -> int:
