@@ -2,7 +2,7 @@
 
 Public API: the attack classes (:class:`FGSM`, :class:`FGM`, :class:`PGD`, :class:`CW`,
 :class:`DI2FGSM`, :class:`BoundaryAttack`, :class:`EOT`, :class:`APGD`, :class:`APGDT`,
-:class:`Square`, :class:`AutoAttack`), :class:`LpBall`,
+:class:`Square`, :class:`FAB`, :class:`FABT`, :class:`AutoAttack`), :class:`LpBall`,
 :class:`AttackResult`, :func:`minimal_eps`, :func:`evaluate`, :func:`with_solver` and
 :data:`ATTACKS`, the CLI name -> class map.
 """
@@ -23,6 +23,8 @@ from .di2fgsm import DI2FGSM as DI2FGSM
 from .eot import EOT as EOT
 from .evaluate import EvalReport as EvalReport
 from .evaluate import evaluate as evaluate
+from .fab import FAB as FAB
+from .fab import FABT as FABT
 from .fgsm import FGM as FGM
 from .fgsm import FGSM as FGSM
 from .minimal_eps import MinEpsResult as MinEpsResult
@@ -44,12 +46,14 @@ ATTACKS: dict[str, type[Attack]] = {
     "apgd": APGD,
     "apgd-t": APGDT,
     "square": Square,
+    "fab": FAB,
+    "fab-t": FABT,
     "autoattack": AutoAttack,
 }
 
 __all__ = [
     "APGD", "APGDT", "ATTACKS", "CW", "DI2FGSM", "EOT", "FGM", "FGSM", "NORMS", "PGD", "Attack", "AttackError",
-    "AutoAttack", "Square",
+    "AutoAttack", "FAB", "FABT", "Square",
     "AttackResult", "BoundaryAttack", "CheckResult", "EvalReport", "LpBall", "MinEpsResult",
     "UnknownNormError", "evaluate", "minimal_eps", "with_solver",
 ]

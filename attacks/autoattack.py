@@ -1,11 +1,8 @@
 """AutoAttack: a fixed, parameter-free sequence of complementary attacks, each on the points still robust.
 
-``standard`` runs APGD-CE, APGD-T (targeted DLR, 9 targets) and Square (5,000 queries); the
-paper's ensemble also has FAB-T between APGD-T and Square, which this toolkit does not
-implement yet (its exact projections onto a hyperplane ∩ box in L∞ and L2 are an algorithm of
-their own). ``benchmarks/autoattack_vs_peers.py`` measures what the omission costs: its peer
-side is torchattacks' ensemble with FAB.
-``rand`` (for randomized defenses) runs APGD-CE and APGD-DLR with EOT over 20 samples.
+``standard`` runs APGD-CE, APGD-T (targeted DLR, 9 targets), FAB-T (9 targets) and Square
+(5,000 queries), the paper's ensemble; every member attacks only the points no earlier member
+broke. ``rand`` (for randomized defenses) runs APGD-CE and APGD-DLR with EOT over 20 samples.
 
 References:
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
@@ -24,6 +21,7 @@ from torch import nn
 from .apgd import APGD, APGDT
 from .base import Attack, AttackError, _check_int
 from .eot import EOT
+from .fab import FABT
 from .square import Square
 
 #: AutoAttack versions.
@@ -35,7 +33,7 @@ class MemberRun:
     """What one member of the ensemble did in the last call.
 
     Attributes:
-        name: the member ("apgd-ce", "apgd-t", "square", "apgd-dlr", ...).
+        name: the member ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr").
         attacked: examples it ran on (those still robust when its turn came).
         broken: of these, how many it broke.
         seconds: its wall time.
@@ -58,11 +56,11 @@ class AutoAttack(Attack):
         model: classifier returning logits.
         eps: ball radius (scalar or (N,) radii).
         norm: ``"inf"`` or ``"2"``.
-        version: ``"standard"`` (APGD-CE, APGD-T, Square) or ``"rand"`` (APGD-CE and APGD-DLR
+        version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"rand"`` (APGD-CE and APGD-DLR
             with EOT, for randomized models).
-        steps: APGD iterations per run (100 in the paper).
+        steps: APGD and FAB-T iterations per run (100 in the paper).
         queries: Square's query budget per example (5,000 in the paper).
-        targets: APGD-T's target classes (9 in the paper).
+        targets: APGD-T's and FAB-T's target classes (9 in the paper).
         eot_samples: gradient samples of the ``rand`` version (20 in the paper).
         seed, attack_solver, eval_solver: see :class:`~attacks.base.Attack`; every member
             integrates with ``attack_solver`` and is scored with ``eval_solver``.
@@ -120,6 +118,7 @@ class AutoAttack(Attack):
                     ("apgd-dlr", lambda e: EOT(APGD(m, e, norm, steps=steps, loss="dlr", **common), k))]
         return [("apgd-ce", lambda e: APGD(m, e, norm, steps=steps, loss="ce", **common)),
                 ("apgd-t", lambda e: APGDT(m, e, norm, steps=steps, targets=self.targets, **common)),
+                ("fab-t", lambda e: FABT(m, e, norm, steps=steps, targets=self.targets, **common)),
                 ("square", lambda e: Square(m, e, norm, queries=self.queries, **common))]
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch import nn
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack
 from .base import Attack, AttackError
+from .fab import FAB, FABT
 from .fgsm import FGSM
 from .norms import canonical_norm, lp_norm
 from .pgd import PGD
@@ -31,7 +32,7 @@ from .square import Square
 
 #: Fixed-ε attacks the search accepts by name.
 SEARCH_ATTACKS: dict[str, type[Attack]] = {"pgd": PGD, "fgsm": FGSM, "apgd": APGD, "apgd-t": APGDT,
-                                           "square": Square, "autoattack": AutoAttack}
+                                           "square": Square, "autoattack": AutoAttack, "fab": FAB, "fab-t": FABT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,8 @@ def minimal_eps(
         y: (N,) labels.
         norm: ``"inf"`` or ``"2"``.
         attack: a name of :data:`SEARCH_ATTACKS` (``"pgd"``, ``"fgsm"``, ``"apgd"``, ``"apgd-t"``,
-            ``"square"``, ``"autoattack"``) or a fixed-ε :class:`~attacks.base.Attack` subclass
+            ``"square"``, ``"autoattack"``, ``"fab"``, ``"fab-t"``: FAB at a fixed ε breaks a point when
+            the smallest perturbation it finds is within ε) or a fixed-ε :class:`~attacks.base.Attack` subclass
             constructed as ``attack(model, eps, norm, seed=..., **attack_kwargs)``.
         eps_max: upper end of the search (> 0).
         tol: absolute tolerance of the bisection on ε (> 0).

@@ -60,12 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1000, help="held-out examples (mnist-t10k test split)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"iterations (cw: Adam steps per round, default {CW_DEFAULTS['steps']}; "
-                        "boundary, square: query budget; apgd, apgd-t, autoattack: APGD iterations, "
+                        "boundary, square: query budget; apgd, apgd-t, fab, fab-t: iterations; autoattack: "
+                        "APGD and FAB-T iterations, "
                         "default 100)")
     p.add_argument("--step-size", type=float, default=None, help="step size (pgd, di2fgsm)")
-    p.add_argument("--restarts", type=int, default=None, help="random restarts (pgd, apgd, apgd-t)")
+    p.add_argument("--restarts", type=int, default=None, help="random restarts (pgd, apgd, apgd-t, fab, fab-t)")
     p.add_argument("--version", default=None, choices=["standard", "rand"],
-                   help="autoattack: standard (APGD-CE, APGD-T, Square) or rand (APGD-CE/DLR with EOT, "
+                   help="autoattack: standard (APGD-CE, APGD-T, FAB-T, Square) or rand (APGD-CE/DLR with EOT, "
                         "--eot samples, default 20); default standard")
     p.add_argument("--initial-const", type=float, default=None,
                    help=f"cw: first constant c of the binary search (default {CW_DEFAULTS['initial_const']:g})")
@@ -105,7 +106,7 @@ def _attack_kwargs(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
         kwargs[cls.budget_arg] = args.steps
     for opt, key in ((args.step_size, "step_size"), (args.restarts, "restarts")):
         if opt is not None:
-            allowed = ("pgd", "apgd", "apgd-t") if key == "restarts" else ("pgd", "di2fgsm")
+            allowed = ("pgd", "apgd", "apgd-t", "fab", "fab-t") if key == "restarts" else ("pgd", "di2fgsm")
             if args.attack not in allowed:
                 raise ValueError(f"--{key.replace('_', '-')} does not apply to --attack {args.attack}")
             kwargs[key] = opt
