@@ -17,8 +17,12 @@ import torch
 from torch import nn
 
 from ._fab_projection import project_onto_hyperplane_box
-from .base import Attack, AttackError, _check_float, _check_int
+from .base import Attack, AttackError, _check_float, _check_int, margin
 from .norms import lp_norm
+
+#: The final search aims at this fraction of the best point's margin max_{j≠c} f_j − f_c, not at the
+#: boundary itself: a point on the boundary is a tie that a scoring pass may resolve either way.
+FINAL_MARGIN = 0.1
 
 
 class FAB(Attack):
@@ -33,7 +37,8 @@ class FAB(Attack):
     the closest to x so far, and the search steps back to x + β(x^(i+1) − x). Restarts after the
     first start at a random point at distance ½ min(best norm, ε) from x; FAB-T runs every target
     class in turn. After the runs, ``final_search`` steps of the linearised search on the segment
-    between x and the best point shorten it further.
+    between x and the best point shorten it further (aiming at :data:`FINAL_MARGIN` of its margin).
+    A point counts as adversarial when its margin max_{j≠c} f_j − f_c is > 0 (a tie does not).
 
     As a fixed-ε attack (finite ``eps``), an example is broken when the smallest adversarial
     perturbation found has norm <= ε; it then leaves the remaining runs (later targets and
@@ -107,7 +112,7 @@ class FAB(Attack):
                        else radius.reshape(-1).expand(n).to(device=x.device, dtype=torch.float32).clone())
         with torch.no_grad():
             self._clean_logits = self._forward(x)
-        self._best_norm[self._clean_logits.argmax(dim=1) != y] = 0.0
+        self._best_norm[margin(self._clean_logits, y) > 0] = 0.0
         ranked = self._ranked_targets(y) if self.targets else None
         for rank in range(1 if ranked is None else ranked.shape[1]):
             for restart in range(self.restarts):
@@ -204,7 +209,7 @@ class FAB(Attack):
             self._iterations += 1
             last = i == self.steps - 1
             logits, df_new, w_new = self._linearise(xa, ys, target, idx, grad=not last)
-            adv = logits.argmax(dim=1) != ys
+            adv = margin(logits, ys) > 0
             if adv.any():
                 self._record(idx[adv], xa[adv])
                 xa[adv] = x0[adv] + self.beta * (xa[adv] - x0[adv])
@@ -224,8 +229,9 @@ class FAB(Attack):
 
     # ------------------------------------------------------------------ final search
     def _search_segment(self, y: torch.Tensor) -> None:
-        """The paper's final search: on the segment from x (class c) to the best point (class l), step
-        to where the line through the two margins f_c − f_l vanishes, keeping an adversarial end."""
+        """The paper's final search: on the segment from x (class c) to the best point (class l), step to
+        where the line through the two margins f_l − f_c reaches κ (:data:`FINAL_MARGIN` of the best
+        point's margin), keeping an adversarial end."""
         rows = (self._open() & torch.isfinite(self._best_norm)).nonzero().squeeze(1)
         if rows.numel() == 0 or self.final_search == 0:
             return
@@ -234,15 +240,16 @@ class FAB(Attack):
         z_lo = self._clean_logits[rows].clone()
         with torch.no_grad():
             z_hi = self._forward(hi.view(-1, *self._shape), rows)
+            kappa = FINAL_MARGIN * margin(z_hi, ys)[:, None]
             for _ in range(self.final_search):
                 label = z_hi.argmax(dim=1)
                 t1 = z_lo.gather(1, ys[:, None]) - z_lo.gather(1, label[:, None])
                 t2 = z_hi.gather(1, label[:, None]) - z_hi.gather(1, ys[:, None])
-                t = t1 / (t1 + t2 + 1e-10)
+                t = (t1 + kappa) / (t1 + t2 + 1e-10)
                 t = torch.where((t >= 0) & (t <= 1), t, torch.ones_like(t))
                 mid = lo + t * (hi - lo)
                 z_mid = self._forward(mid.view(-1, *self._shape), rows)
-                same = z_mid.argmax(dim=1) == ys
+                same = margin(z_mid, ys) <= 0
                 lo[same], z_lo[same] = mid[same], z_mid[same]
                 hi[~same], z_hi[~same] = mid[~same], z_mid[~same]
         self._record(rows, hi)
@@ -271,4 +278,4 @@ class FABT(FAB):
             raise AttackError(f"FAB-T needs targets >= 1, got {targets!r}")
 
 
-__all__ = ["FAB", "FABT"]
+__all__ = ["FAB", "FABT", "FINAL_MARGIN"]
