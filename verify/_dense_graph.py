@@ -87,6 +87,16 @@ class _ConvT:
         return out.permute(0, 2, 3, 1).reshape(r, -1)
 
 
+def _scalar(conv: _ConvT | None, w: torch.Tensor) -> float | None:
+    """The factor a of a 1×1 one-channel convolution whose matrix w is exactly diagonal (else None)."""
+    if (conv is None or tuple(conv.weight.shape) != (1, 1, 1, 1) or conv.stride != (1, 1)
+            or conv.padding != (0, 0) or w.shape[0] != w.shape[1]):
+        return None
+    if torch.count_nonzero(w - torch.diag(torch.diagonal(w))):
+        return None
+    return float(conv.weight.reshape(()))
+
+
 class GraphError(ValueError):
     """A model the dense CROWN graph cannot represent (e.g. max-pooling)."""
 
@@ -320,9 +330,17 @@ class _Builder:
             conv = _ConvT.of(layer, layer.weight, self.shape, out_shape) if isinstance(layer, nn.Conv2d) else None
             self._pending = (w, b, l2, self.cur, conv)
         else:
-            w0, b0, _, src, _ = self._pending
-            merged = w @ w0
-            self._pending = (merged, w @ b0 + b, merged.norm(dim=1), src, None)
+            w0, b0, _, src, conv0 = self._pending
+            scale = _scalar(conv0, w0)
+            if scale is None:
+                merged, conv = w @ w0, None
+            else:
+                # After a 1×1 one-channel convolution (an input normalisation, w0 = a·I) the merged
+                # map is the next convolution with weight a·W: it keeps its transposed convolution.
+                merged = w * torch.diagonal(w0)
+                conv = (_ConvT.of(layer, layer.weight * scale, self.shape, out_shape)
+                        if isinstance(layer, nn.Conv2d) else None)
+            self._pending = (merged, w @ b0 + b, merged.norm(dim=1), src, conv)
         self.shape = out_shape
 
     def sequential(self, ops: Sequence[Op], t: float = 0.0) -> None:

@@ -185,6 +185,8 @@ class _Graph:
         self.dense.nodes = self.builder.nodes  # one list, grown in place
         self.heads: dict[int, int] = {}
         self._coef: tuple | None = None
+        #: what every copy of this graph shares: the head's nodes as built after one state.
+        self._shared: dict[str, tuple] = {}
 
     def copy(self) -> _Graph:
         """A graph with this one's stem, ready for another example (matrices shared)."""
@@ -243,11 +245,23 @@ class _Graph:
         return self.builder._append(_Node("box", dim=self.builder.nodes[self.state].dim))
 
     def head_of(self, y: int) -> int:
-        """The logits node of the head after state node ``y`` (appended once per state)."""
-        if y not in self.heads:
+        """The logits node of the head after state node ``y`` (appended once per state; the head's
+        nodes are built once per template, then copied with their sources moved)."""
+        if y in self.heads:
+            return self.heads[y]
+        nodes = self.builder.nodes
+        first = len(nodes)
+        if "head" not in self._shared:
             b = self._at(y)
             b.sequential(self.head)
-            self.heads[y] = b.flush()
+            out = b.flush()
+            self._shared["head"] = (y, first, tuple(nodes[first:]))
+            self.heads[y] = out
+            return out
+        y0, first0, template = self._shared["head"]
+        for n in template:
+            nodes.append(dataclasses.replace(n, src=tuple(y if s == y0 else s - first0 + first for s in n.src)))
+        self.heads[y] = len(nodes) - 1 if template else y
         return self.heads[y]
 
 
@@ -388,6 +402,26 @@ def trajectory_margins(ir: Lowered, flow_index: int, spec: CASFlowSpec, x: torch
     return torch.maximum(lb, ibp), stats
 
 
+#: templates of the graphs built so far (their stems' dense matrices), by the identity and version
+#: of every layer's parameters: an engine built again for the same model skips the stem's matrices.
+_TEMPLATES: dict[tuple, _Graph] = {}
+#: templates kept at most (the oldest is dropped).
+_MAX_TEMPLATES = 4
+
+
+def _template(ir: Lowered, flow_index: int) -> _Graph:
+    """The stem-only graph of the IR, reused while no parameter of any of its layers has changed."""
+    layers = [layer for part in ir.parts for _, layer in getattr(part, "ops", getattr(part, "field", ()))]
+    tensors = [t for layer in layers for t in (*layer.parameters(), *layer.buffers())]
+    key = (flow_index, tuple(ir.input_shape), str(ir.dtype), str(ir.device), tuple(map(id, layers)),
+           tuple((id(t), t.data_ptr(), t._version) for t in tensors))
+    if key not in _TEMPLATES:
+        while len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.pop(next(iter(_TEMPLATES)))
+        _TEMPLATES[key] = _Graph(ir, flow_index, torch.zeros((), dtype=ir.dtype, device=ir.device))
+    return _TEMPLATES[key]
+
+
 class TrajectoryGraph:
     """The engine of a model with a controlled adaptive solver: margins over every trajectory.
 
@@ -423,7 +457,7 @@ class TrajectoryGraph:
         flow = ir.parts[cas[0]]
         self.ir, self.index, self.max_nodes = ir, cas[0], max_nodes
         self.spec = CASFlowSpec(flow.tableau, flow.field, CASGraphRule(flow.rule, flow.h0))
-        self._template = _Graph(ir, self.index, torch.zeros((), dtype=ir.dtype, device=ir.device))
+        self._template = _template(ir, self.index)
         self.last_stats: list[GraphStats] = []
         #: (ε, nodes) of every example bounded so far, in order (the run layer reads and clears it).
         self.history: list[tuple[float, int]] = []
