@@ -10,9 +10,11 @@ sides make the same kind of attempts and their certified accuracies are nested i
 
 Reported per model and ε: certified accuracy of both, the images GAINS certifies and we do not
 (target 0) with both margin bounds, seconds per (image, ε) attempt of both and their ratio
-(target ≤ 0.1), our trajectory-graph nodes, and our peak memory (the process's maximum
-resident set, ``resource.getrusage``). GAINS's seconds were measured when the cache was filled;
-the machine's load at both times is recorded as the load average.
+(target ≤ 0.1; wall seconds), our CPU seconds per attempt (``time.process_time``: on a machine
+shared with other jobs, wall seconds grow with the load), our trajectory-graph nodes, and our peak
+memory (the process's maximum resident set, ``resource.getrusage``). GAINS's seconds were
+measured when the cache was filled; the machine's load during our run is recorded as the load
+average.
 
 Run: ``python -m benchmarks.gains_vs_ours`` (resumable: ``benchmarks/results/gains_vs_ours.jsonl``
 holds one row per (model, image, ε) attempt; results in ``benchmarks/results/gains_vs_ours.json|md``).
@@ -72,9 +74,10 @@ def run_ours(target: float, images: list[int]) -> None:
             row: dict[str, Any] = {"target": target, "index": index, "eps": eps, "label": int(yi), "clean_correct": correct,
                                    "attempted": correct, "cert": False, "min_lb": None, "time_s": None, "nodes": None}
             if correct:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = certify(model, xi, yi, eps)
-                row.update(time_s=round(time.perf_counter() - t0, 3), cert=bool(res.certified[0]),
+                row.update(time_s=round(time.perf_counter() - t0, 3), cpu_s=round(time.process_time() - c0, 3),
+                           cert=bool(res.certified[0]),
                            min_lb=round(float(res.lower.min()), 5), covers=res.covers)
                 row["nodes"] = _last_nodes()
             row["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -166,6 +169,7 @@ def summarize() -> dict[str, Any]:
             o_cert = [i for i in images if o[i] and o[i]["cert"]]
             g_t = [g[i]["time_s"] for i in images if g[i]["attempted"] and g[i]["time_s"] is not None]
             o_t = [o[i]["time_s"] for i in images if o[i] and o[i]["attempted"] and o[i]["time_s"] is not None]
+            o_c = [o[i]["cpu_s"] for i in images if o[i] and o[i].get("cpu_s") is not None]
             nodes = [o[i]["nodes"] for i in images if o[i] and o[i].get("nodes") is not None]
             disagree = [{"index": i, "gains_min_lb": g[i]["min_lb"], "ours_min_lb": o[i]["min_lb"] if o[i] else None}
                         for i in g_cert if i not in o_cert]
@@ -174,7 +178,7 @@ def summarize() -> dict[str, Any]:
                 "ours_cert_acc": round(len(o_cert) / len(images), 4), "gains_not_ours": disagree,
                 "ours_not_gains": [i for i in o_cert if i not in g_cert],
                 "gains_attempts": len(g_t), "ours_attempts": len(o_t),
-                "gains_s_per_attempt": _mean(g_t), "ours_s_per_attempt": _mean(o_t),
+                "gains_s_per_attempt": _mean(g_t), "ours_s_per_attempt": _mean(o_t), "ours_cpu_s_per_attempt": _mean(o_c),
                 "time_ratio": round(statistics.mean(o_t) / statistics.mean(g_t), 4) if g_t and o_t else None,
                 "ours_nodes_median": statistics.median(nodes) if nodes else None,
                 "ours_nodes_max": max(nodes) if nodes else None,
@@ -190,12 +194,14 @@ def summarize() -> dict[str, Any]:
 def markdown(summary: dict[str, Any]) -> str:
     """The table of :func:`summarize`."""
     lines = ["| model ε_t | ε | n | GAINS cert. acc. | ours cert. acc. | GAINS-only certified | GAINS s / attempt | "
-             "ours s / attempt | ratio | ours nodes (median, max) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ours s / attempt | ratio | ours CPU s / attempt | ours nodes (median, max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for target, m in summary["models"].items():
         for eps, r in m["per_eps"].items():
             lines.append(f"| {target} | {eps} | {r['n']} | {100 * r['gains_cert_acc']:.1f} % | "
                          f"{100 * r['ours_cert_acc']:.1f} % | {len(r['gains_not_ours'])} | {r['gains_s_per_attempt']} | "
-                         f"{r['ours_s_per_attempt']} | {r['time_ratio']} | {r['ours_nodes_median']}, {r['ours_nodes_max']} |")
+                         f"{r['ours_s_per_attempt']} | {r['time_ratio']} | {r.get('ours_cpu_s_per_attempt')} | "
+                         f"{r['ours_nodes_median']}, {r['ours_nodes_max']} |")
     for target, m in summary["models"].items():
         lines.append(f"\nε_t = {target}: images {m['images'][0]}..{m['images'][1]}; our peak memory (max RSS of the "
                      f"process) {m['ours_peak_rss_mb']} MB; mean load average during our run {m['ours_load_avg_mean']}")

@@ -68,6 +68,8 @@ class CASGraphRule:
 
     def decisions(self, lo: float, hi: float) -> tuple[int, ...]:
         """Codes some ratio in [lo, hi] (widened by ``slack``) takes under :func:`models.cas.decide`."""
+        if not lo <= hi:  # a NaN bound (an overflow): every decision stays feasible
+            return (REJECT, ACCEPT, ACCEPT_DOUBLE)
         lo, hi = lo * (1 - self.slack), hi * (1 + self.slack)
         tau = 2.0 ** (-self.rule.order)
         out = []
