@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from this zoo model's weights (a fine-tune; default: the preset's, else none)")
     p.add_argument("--n-train", type=int, default=None, help="first n training images (default all 8,000)")
     p.add_argument("--n-eval", type=int, default=500, help="held-out images for the final accuracy")
     p.add_argument("--out", default=None,
@@ -119,15 +121,20 @@ def _out_path(args: argparse.Namespace, name: str) -> Path:
     return p / name if p.is_dir() or args.out.endswith(("/", "\\")) else p
 
 
+def cert_method(model: torch.nn.Module) -> str:
+    """``crown`` (the trajectory graph, its one method) for a controlled adaptive solver, else ``ibp``."""
+    return "crown" if any(getattr(getattr(m, "solver", None), "is_cas", False) for m in model.modules()) else "ibp"
+
+
 def certified_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
-    """Fraction of (x, y) whose IBP margins (:func:`verify.certify`, ``method="ibp"``) are all positive."""
+    """Fraction of (x, y) whose margins (:func:`verify.certify` with :func:`cert_method`) are all positive."""
     from .certify import certify
 
     device = next(model.parameters()).device
     done = 0
     for i in range(0, x.shape[0], EVAL_CHUNK):
         xb, yb = x[i:i + EVAL_CHUNK].to(device), y[i:i + EVAL_CHUNK].to(device)
-        done += int(certify(model, xb, yb, eps, "inf", "ibp").certified.sum())
+        done += int(certify(model, xb, yb, eps, "inf", cert_method(model)).certified.sum())
     return done / x.shape[0]
 
 
@@ -164,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(preset.arch, **config).to(device)
     if cfg.init == "ibp":
         ibp_init(model, torch.Generator(device="cpu").manual_seed(recipe.seed) if device.type == "cpu" else None)
+    init_from = args.init_from or preset.init_from
+    if init_from:
+        from models.zoo import load
+
+        model.load_state_dict(load(init_from).state_dict())
     hook = CertifiedLoss(cfg, seed=recipe.seed)
     result = train(model, x_tr, y_tr, recipe, resume_path=sidecar(out, ".resume.pt"),
                    progress=not args.no_progress, loss_fn=hook)
@@ -180,16 +192,16 @@ def run(args: argparse.Namespace) -> int:
                          + f" over {cfg.ramp_epochs} epochs to ε={cfg.eps:g}, κ {cfg.kappa_start:g} → "
                            f"{cfg.kappa_end:g} over the ramp"),
         "n_train": int(x_tr.shape[0]), "held_out_accuracy": acc, "held_out_n": int(y_te.shape[0]),
-        "certified_accuracy": {"method": "ibp", "norm": "inf", "eps": cfg.certify_eps, "accuracy": cert,
+        "certified_accuracy": {"method": cert_method(model), "norm": "inf", "eps": cfg.certify_eps, "accuracy": cert,
                                "n": int(y_te.shape[0])},
         "mean_nfe": nfe, "train_seconds": round(result.seconds, 1), "eval_seconds": round(eval_s, 2),
         "epoch_loss": [round(v, 5) for v in result.epoch_loss],
         "epoch_stats": [{k: round(v, 5) for k, v in s.items()} for s in result.epoch_stats],
         "parameters": model.num_parameters(), "git_commit": commit, "torch": torch.__version__,
-        "preset": preset.name,
+        "preset": preset.name, "init_from": init_from,
     }
     path = save_checkpoint(out, model, meta)
     sidecar(out, ".resume.pt").unlink(missing_ok=True)
-    print(f"saved {path}  held-out clean accuracy {acc:.4f}  IBP-certified accuracy {cert:.4f} at "
+    print(f"saved {path}  held-out clean accuracy {acc:.4f}  {cert_method(model)}-certified accuracy {cert:.4f} at "
           f"ε={cfg.certify_eps:g} (n={len(y_te)})  train {result.seconds:.0f}s")
     return 0

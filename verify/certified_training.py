@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cas_ibp import cas_ibp_bounds, cas_index
 from ._crown_ibp import crown_ibp_margins
 from ._ibp import ibp_margins
 from ._lower import Lowered, lower
@@ -174,14 +175,22 @@ def ibp_init(model: nn.Module, generator: torch.Generator | None = None) -> None
 
 
 def ibp_loss(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CE of the IBP worst-case logits, the margin lower bounds (N, K-1))."""
-    m = ibp_margins(ir, x, y, eps)
+    """(CE of the IBP worst-case logits, the margin lower bounds (N, K-1)); a model with a controlled
+    adaptive solver is bounded through its trajectory graph (:func:`verify._cas_ibp.cas_ibp_bounds`)."""
+    m = cas_ibp_bounds(ir, x, y, eps).margins if cas_index(ir) is not None else ibp_margins(ir, x, y, eps)
     return worst_case_ce(m, y), m
 
 
 def crown_ibp_loss(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CE of the worst-case logits of β·CROWN-IBP + (1 − β)·IBP margin bounds, those bounds)."""
+    """(CE of the worst-case logits of β·CROWN-IBP + (1 − β)·IBP margin bounds, those bounds).
+
+    Raises:
+        ValueError: a model with a controlled adaptive solver (its loss is ``ibp`` or ``mtl-ibp``).
+    """
+    if cas_index(ir) is not None:
+        raise ValueError(f"crown-ibp is not implemented through a controlled adaptive solver ({ir.description}); "
+                         "use ibp or mtl-ibp")
     m = ibp_margins(ir, x, y, eps)
     if beta > 0:
         m = beta * crown_ibp_margins(ir, x, y, eps) + (1 - beta) * m
