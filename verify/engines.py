@@ -36,6 +36,7 @@ from ._dense_graph import DenseGraph
 from ._errors import CertifyError
 from ._lower import Flow, Layers, Lowered, Op
 from ._alpha import ITERATIONS as ALPHA_ITERATIONS
+from ._alpha import INTERMEDIATE_ITERATIONS as ALPHA_INTERMEDIATE
 from ._alpha import AlphaCrown
 from .crown import Crown
 from ._trajectory import TrajectoryGraph as TrajectoryGraph
@@ -118,7 +119,7 @@ class DenseAlphaCrown(DenseCrown):
     """
 
     def __init__(self, ir: Lowered, norm: str, iterations: int = ALPHA_ITERATIONS,
-                 intermediate_iterations: int = 3, early_stop: bool = True) -> None:
+                 intermediate_iterations: int = ALPHA_INTERMEDIATE, early_stop: bool = True) -> None:
         self.graph = DenseGraph.from_lowered(ir)
         self._crown = AlphaCrown(self.graph, norm, iterations, intermediate_iterations, early_stop=early_stop)
 

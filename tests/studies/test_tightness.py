@@ -35,15 +35,17 @@ def test_tightness_quick(tmp_path: Path, assert_resume_computes_nothing) -> None
             assert 0 < crown <= r["attack"]
             for m, v in r["radii"].items():
                 assert v["radius"] <= r["attack"] + 1e-6, (name, m)
-            # α-CROWN and BaB searches start at CROWN's radius, which they certify too
+            # α-CROWN's search starts at CROWN's radius and BaB's at α-CROWN's, which they certify too
             for m in ("alpha-crown", "bab"):
                 if m in r["radii"]:
                     assert r["radii"][m]["radius"] >= crown * (1 - 1e-6), (name, m)
+            if "bab" in r["radii"]:
+                assert r["radii"]["bab"]["radius"] >= r["radii"]["alpha-crown"]["radius"] * (1 - 1e-6), name
             ex = r["exact"]
             assert ex["status"] in STATUSES
             assert ex["lower"] <= (ex["radius"] if ex["radius"] is not None else math.inf)
             assert ex["lower"] <= r["attack"] + 1e-6
             if ex["radius"] is not None:
                 assert crown <= ex["radius"] + 1e-6 and ex["model_margin"] <= 1e-4
-    names = ("_attack_radii", "_radius", "_bisect", "_exact", "_unstable")
+    names = ("_attack_radii", "_radius", "_bab_radius", "_exact", "_unstable")
     assert_resume_computes_nothing("tightness", tmp_path, report, [(tightness, n) for n in names])

@@ -229,3 +229,22 @@ def test_a_passed_deadline_stops_the_slope_optimisation_at_crowns_bound():
     crown = certify(net, x, y, 0.2, "inf", "crown").lower[0]
     assert torch.allclose(stopped, crown, atol=1e-5)
     assert bool((free > crown + 1e-4).any())
+
+
+def test_bab_time_limit_runs_on_its_clock():
+    """The time limit is read on ``clock`` only: a clock that never advances lets a 1e-9 s limit decide
+    a case that needs branching (seed 7 at 0.2) exactly, and a clock that jumps 1 s per reading ends it
+    unknown after a few readings, with a sound bound."""
+    net = _mlp(7, (2, 6, 6, 3), (1, 1, 2), 2.5)
+    x = torch.rand(1, 1, 1, 2, generator=torch.Generator().manual_seed(7))
+    y = net(x).argmax(1)
+    C = spec_matrix(y, 3)[0]
+    exact = _patterns_min(net, x, 0.2, C)
+    ir = lower(net)
+    frozen = BranchAndBound(ir, "inf", time_limit=1e-9, attack_steps=0, clock=lambda: 0.0).verdict(x, 0.2, C)
+    assert frozen.status == "verified" and frozen.domains > 1 and exact.min() > 0
+    ticks = itertools.count()
+    jumping = BranchAndBound(ir, "inf", time_limit=2.5, attack_steps=0, clock=lambda: float(next(ticks)))
+    v = jumping.verdict(x, 0.2, C)
+    assert v.status == "unknown" and v.seconds >= 2.5 and v.domains < frozen.domains
+    assert bool((v.lower.double().numpy() <= exact + SLACK).all())
