@@ -13,7 +13,7 @@ from scipy.optimize import linprog
 
 from attacks import APGD, APGDT, ATTACKS, FAB, FABT, AutoAttack, Square, minimal_eps, with_solver
 from attacks._fab_projection import project_onto_hyperplane_box
-from attacks.base import AttackError
+from attacks.base import AttackError, margin
 from models import MLP, ODENet, SolverConfig
 from verify.cli import main
 
@@ -137,6 +137,16 @@ def test_fab_restarts_never_lengthen_the_perturbation() -> None:
     three = FAB(model, norm="inf", steps=20, restarts=3, seed=0)(x, y)
     found = one.success & three.success
     assert bool(found.any()) and bool((three.linf[found] <= one.linf[found] + 1e-7).all())
+
+
+def test_final_search_shortens_and_keeps_a_strict_margin() -> None:
+    model, x, y = _mlp(seed=5)
+    plain = FAB(model, norm="2", steps=20, final_search=0)(x, y)
+    searched = FAB(model, norm="2", steps=20, final_search=3)(x, y)
+    assert torch.equal(plain.success, searched.success) and bool(plain.success.all())
+    assert bool((searched.l2 <= plain.l2 + 1e-6).all()) and float((plain.l2 - searched.l2).max()) > 0
+    with torch.no_grad():
+        assert bool((margin(model(searched.x_adv), y) > 0).all())
 
 
 def test_fab_scores_with_the_eval_solver() -> None:
