@@ -25,6 +25,12 @@ def _seq_plain():
                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(3 * 2 * 2, 10))
 
 
+def _seq_normalized():
+    # an input normalisation (1x1 one-channel convolution) merged into the next convolution
+    return nn.Sequential(nn.Conv2d(1, 1, 1), nn.Conv2d(1, 3, 3, 2), nn.ReLU(), nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 3 * 3, 10))
+
+
 MODELS = {
     "ode-rk4": lambda: ODENet(channels=2, solver=SolverConfig.fixed("rk4", 2), input_size=8),
     "ode-midpoint-time": lambda: ODENet(channels=2, solver=SolverConfig.fixed("midpoint", 3), input_size=8,
@@ -33,6 +39,7 @@ MODELS = {
     "mlp": lambda: MLP(hidden=(12, 12), input_size=8),
     "seq-strided": _seq_strided,
     "seq-plain": _seq_plain,
+    "seq-normalized": _seq_normalized,
 }
 
 
@@ -59,6 +66,14 @@ def test_graph_computes_the_models_logits(name):
     g = DenseGraph.from_model(m)
     with torch.no_grad():
         assert torch.allclose(g.forward(x), m(x), atol=1e-5)
+
+
+def test_normalisation_merged_into_a_convolution_keeps_its_transpose():
+    g = DenseGraph.from_model(_model("seq-normalized"))
+    first = g.nodes[1]
+    assert first.kind == "affine" and first.src == (0,) and first.conv is not None
+    A = torch.randn(7, first.dim)
+    assert torch.allclose(first.back(A), A @ first.weight, atol=1e-5)
 
 
 def test_space_to_depth_layout_used_only_where_it_fits():
