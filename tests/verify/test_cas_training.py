@@ -144,13 +144,14 @@ def _train(m: nn.Module, steps: int, eps: float) -> list[float]:
 
 
 def test_a_few_batches_lower_the_loss() -> None:
-    m = _net(atol=0.05, seed=3)
+    m = _net(atol=0.5, seed=3)  # a branching graph of ~8 nodes
+    assert cas_ibp_bounds(lower(m), *_data(), 0.02).stats.branch_nodes >= 1
     losses = _train(m, 25, 0.02)
     assert losses[-1] < 0.8 * losses[0]
 
 
 def test_trained_certificates_survive_pgd_and_the_step_attack() -> None:
-    m = _net(atol=0.05, seed=3)
+    m = _net(atol=0.5, seed=3)  # a branching graph of ~8 nodes
     _train(m, 60, 0.03)
     m.eval()
     x, y = _data(12)
