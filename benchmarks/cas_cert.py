@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["ode-cas-cert-0.1", "ode-cert-0.1"])
     p.add_argument("--n", type=int, default=100, help="held-out images 8000..")
+    p.add_argument("--eps", nargs="+", type=float, default=list(GAINS_EPS))
     p.add_argument("--target", type=float, default=0.11, help="GAINS model (its training ε)")
     p.add_argument("--pgd-steps", type=int, default=40)
     p.add_argument("--pgd-restarts", type=int, default=1)
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "cas_cert"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    eps_list = tuple(GAINS_EPS)
+    eps_list = tuple(args.eps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         tables.append({"title": f"The {len(g_idx)} images GAINS has covered ({min(g_idx)}–{max(g_idx)})", "rows": side})
     res: dict[str, Any] = {
         "command": "python -m benchmarks.cas_cert" + (f" --n {args.n}" if args.n != 100 else "")
-        + (f" --models {' '.join(args.models)}" if args.models != p.get_default("models") else ""),
+        + (f" --models {' '.join(args.models)}" if args.models != p.get_default("models") else "")
+        + (f" --eps {' '.join(f'{e:g}' for e in eps_list)}" if list(eps_list) != list(GAINS_EPS) else "")
+        + (f" --out {args.out}" if args.out != p.get_default("out") else ""),
         "models": args.models, "covers": covers, "field_activity": activity, "tables": tables,
         "pgd": {"steps": args.pgd_steps, "restarts": args.pgd_restarts, "step_size": "2.5·ε/steps", "seed": args.seed},
         "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
