@@ -13,6 +13,7 @@ certificates survive per-margin PGD and the step attack through the deployed sol
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -170,3 +171,19 @@ def test_crown_ibp_refuses_a_cas_model() -> None:
     m = _net(atol=0.05)
     with pytest.raises(ValueError, match="controlled adaptive"):
         crown_ibp_loss(lower(m), torch.rand(1, 1, 4, 4), torch.tensor([0]), 0.01, 1.0)
+
+
+@pytest.mark.skipif(not os.environ.get("ODE_ROBUSTNESS_DATA"), reason="MNIST missing")
+def test_zoo_model_is_certified_for_its_deployed_solver_and_unbeaten() -> None:
+    from models.data import load_dataset
+    from models.zoo import load_with_metadata
+
+    model, meta = load_with_metadata("ode-cas-cert-0.1")
+    assert meta["certified_accuracy"]["method"] == "crown" and meta["init_from"] == "ode-cert-0.1"
+    x, y = load_dataset("mnist-t10k", "test", n=2)
+    cert = Certifier(model, "inf", "crown")
+    assert "controlled adaptive solver" in cert.covers
+    lb = cert.margins(x, y, 0.1)
+    assert (lb > 0).all(1).any()
+    for i in range(2):
+        assert (min_margins(model, x[i:i + 1], int(y[i]), 0.1, steps=15, restarts=0) >= lb[i] - 1e-4).all()
