@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     }
     path = save_checkpoint(out, model, meta)
     sidecar(out, ".resume.pt").unlink(missing_ok=True)
-    print(f"saved {path}  held-out clean accuracy {acc:.4f}  {cert_method(model).upper()}-certified accuracy {cert:.4f} at "
+    print(f"saved {path}  held-out clean accuracy {acc:.4f}  {cert_method(model).upper()}-certified accuracy "
+          f"{cert:.4f} at "
           f"ε={cfg.certify_eps:g} (n={len(y_te)})  train {result.seconds:.0f}s")
     return 0
