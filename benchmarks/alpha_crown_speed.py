@@ -3,12 +3,15 @@
 Per held-out example of a zoo model, at the ε where CROWN stops certifying (the ``upper`` end
 of the dense CROWN radius search, where slope optimisation matters), the worst margin bound
 and the seconds of: dense CROWN; dense α-CROWN as ``--method alpha-crown`` runs it (20 margin
-iterations, auto_LiRPA's default, 3 per layer of intermediate bounds, stopping once every
+iterations, auto_LiRPA's default, ``verify._alpha.INTERMEDIATE_ITERATIONS`` (6) per layer of
+intermediate bounds, stopping once every
 margin is positive); dense α-CROWN at auto_LiRPA's iteration count everywhere ("20/20": 20
 margin and 20 intermediate iterations, no early stop); and, on the first ``--n-lirpa`` examples, auto_LiRPA's α-CROWN (``compute_bounds(method=
 "CROWN-Optimized")``, 20 iterations, matrix mode). Rows are appended to a JSONL as they finish
-(a rerun resumes); times are the one-thread process's CPU seconds (its wall seconds too, which
-a shared machine stretches); the summary goes to benchmarks/results/alpha_crown_speed.{json,md}.
+(a rerun resumes; dense rows carry the default's steps per layer of intermediate bounds, and the
+summary uses the rows of the current default); times are the one-thread process's CPU seconds (its
+wall seconds too, which a shared machine stretches); the summary goes to
+benchmarks/results/alpha_crown_speed.{json,md}.
 
 Usage: ``python -m benchmarks.alpha_crown_speed [--models ode resnet] [--n 5 10] [--n-lirpa 2 3]``.
 """
@@ -32,7 +35,7 @@ def _row(model_name: str, index: int, part: str) -> dict:
     from models.data import load_dataset
     from models.zoo import load
     from verify import DenseAlphaCrown
-    from verify._alpha import ITERATIONS
+    from verify._alpha import INTERMEDIATE_ITERATIONS, ITERATIONS
     from verify.certify import Certifier, spec_matrix
 
     model = load(model_name)
@@ -41,6 +44,8 @@ def _row(model_name: str, index: int, part: str) -> dict:
     crown = Certifier(model, "inf", "crown")
     eps = crown.radius(xi, yi, eps_max=0.5).upper
     row: dict = {"model": model_name, "index": index, "part": part, "eps": eps, "threads": torch.get_num_threads()}
+    if part == "dense":
+        row["intermediate_iterations"] = INTERMEDIATE_ITERATIONS
     if part == "dense":
         equal = DenseAlphaCrown(crown.ir, "inf", intermediate_iterations=ITERATIONS, early_stop=False)
         engines = [("crown", crown.bounds), ("alpha_dense", Certifier(model, "inf", "alpha-crown").bounds),
@@ -59,9 +64,19 @@ def _row(model_name: str, index: int, part: str) -> dict:
     return row
 
 
+def _version(row: dict) -> int | None:
+    """The default α-CROWN's steps per layer of intermediate bounds a dense row was computed with (rows
+    before the field existed: 3); None for auto_LiRPA's rows, which do not depend on it."""
+    return row.get("intermediate_iterations", 3) if row["part"] == "dense" else None
+
+
 def _summary(parts: list[dict]) -> tuple[dict, str]:
+    from verify._alpha import INTERMEDIATE_ITERATIONS
+
     merged: dict = {}
-    for r in parts:  # one example's dense and auto_LiRPA rows side by side
+    for r in parts:  # one example's dense rows (of the current default) and auto_LiRPA's side by side
+        if _version(r) not in (None, INTERMEDIATE_ITERATIONS):
+            continue
         merged.setdefault((r["model"], r["index"]), {}).update(r)
     rows = [r for r in merged.values() if "crown" in r]
     out: dict = {}
@@ -114,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
-    done = ({(r["model"], r["index"], r["part"]) for r in map(json.loads, LOG.read_text().splitlines())}
-            if LOG.exists() else set())
+    from verify._alpha import INTERMEDIATE_ITERATIONS
+
+    done = ({(r["model"], r["index"], r["part"]) for r in map(json.loads, LOG.read_text().splitlines())
+             if _version(r) in (None, INTERMEDIATE_ITERATIONS)} if LOG.exists() else set())
     # every dense row first (minutes), then auto_LiRPA's (about 1 CPU minute per bound on resnet, 10 on ode)
     plan = [(m, i, "dense") for m, n in zip(args.models, args.n) for i in range(n)]
     plan += [(m, i, "lirpa") for m, n in sorted(zip(args.models, args.n_lirpa), key=lambda t: t[0] == "ode")
