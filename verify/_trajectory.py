@@ -425,7 +425,8 @@ def _template(ir: Lowered, flow_index: int) -> _Graph:
 class TrajectoryGraph:
     """The engine of a model with a controlled adaptive solver: margins over every trajectory.
 
-    Implements the :class:`verify.engines.Engine` protocol for the L∞ ball ∩ [0, 1].
+    Implements the :class:`verify.engines.Engine` protocol for the L∞ ball ∩ [0, 1]. Engines of one
+    model share its stem's dense matrices (:func:`_template`) while no parameter has changed.
 
     Args:
         ir: a lowered model with exactly one :class:`verify._lower.CASFlow` and no other flow.
