@@ -3,6 +3,7 @@ for every point of the ball under every step sequence the deployed solver takes 
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def test_relu_head_and_sampled_margins() -> None:
     xs = (x + eps * (2 * torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(0)) - 1)).clamp(0, 1)
     logits, _ = _sequences(m, xs)
     assert ((logits @ spec_matrix(y, 3)[0].T).amin(0) >= lb - 1e-5).all()
+
+
+def test_engines_of_a_changed_model_see_its_new_parameters() -> None:
+    """Engines of one model share its stem's matrices only while its parameters are unchanged."""
+    m, x = _branching()
+    y, eps = torch.tensor([0]), 0.01
+    before = Certifier(m, "inf", "crown").margins(x, y, eps)[0]
+    with torch.no_grad():
+        m[1].weight.mul_(0.5)  # stem
+        m[3].bias.add_(1.0)  # head
+    after = Certifier(m, "inf", "crown").margins(x, y, eps)[0]
+    fresh = Certifier(copy.deepcopy(m), "inf", "crown").margins(x, y, eps)[0]
+    assert torch.equal(after, fresh) and not torch.equal(before, after)
 
 
 def test_aggregate_bounds_the_minimum() -> None:
