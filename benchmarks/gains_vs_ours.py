@@ -17,7 +17,9 @@ measured when the cache was filled; the machine's load during our run is recorde
 average.
 
 Run: ``python -m benchmarks.gains_vs_ours`` (resumable: ``benchmarks/results/gains_vs_ours.jsonl``
-holds one row per (model, image, ε) attempt; results in ``benchmarks/results/gains_vs_ours.json|md``).
+holds one row per (model, image, ε) attempt; results in ``benchmarks/results/gains_vs_ours.json|md``);
+``--side-by-side N --target T`` first runs GAINS and ours one after the other on the first N
+images (``benchmarks/results/gains_vs_ours_side_by_side_<T>.json``).
 
 References:
     Zeqiri, Müller, Fischer, Vechev, "Efficient Certified Training and Robustness Verification
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side_by_side:
         sbs = side_by_side(args.target[0], HELD_OUT_START, args.side_by_side)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "gains_vs_ours_side_by_side.json").write_text(json.dumps(sbs, indent=1))
+        (RESULTS / f"gains_vs_ours_side_by_side_{args.target[0]:g}.json").write_text(json.dumps(sbs, indent=1))
         print(json.dumps({k: v for k, v in sbs.items() if k != "rows"}))
     if not args.report_only:
         _track_nodes()
