@@ -24,8 +24,8 @@ once and differentiable in the weights.
 This is GAINS's trajectory graph with Box bounds and no sampling of trajectories: GAINS trains
 on at most κ sampled trajectories (its ``allowed_trajectories``), a bound of part of the
 graph; here every feasible trajectory is kept, so the training bound is itself sound for the
-deployed model, and its cost is kept small by choosing a CAS whose graph stays small (few
-undecided decisions) and by the error-ratio term of :func:`cas_ratio_penalty`.
+deployed model; its cost is kept small by choosing a CAS whose graph stays small (few undecided
+decisions) and bounded by a node budget (:data:`MAX_NODES`).
 
 Soundness: every box holds the states of every input of the ball that reach the node (IBP of
 each op, hulls of sound boxes); a decision left out is infeasible for every such input; so each
@@ -259,14 +259,5 @@ def _final_margins(ir: Lowered, k: int, finals: list[tuple[torch.Tensor, torch.T
     return out
 
 
-def cas_ratio_penalty(bounds: CASBounds) -> torch.Tensor:
-    """Mean over the batch of Σ over nodes of ``log(1 + r̄)``, r̄ the error ratio's upper bound:
-    a smooth push of the ratio's interval below the rule's thresholds, so that fewer decisions
-    stay open (GAINS penalises the width of the error estimate where a decision is open)."""
-    if not bounds.ratios:
-        return bounds.margins.new_zeros(())
-    return torch.stack(bounds.ratios).log1p().sum(0).mean()
-
-
 __all__ = ["CASBounds", "CASIBPStats", "GIVE_UP_MARGIN", "MAX_NODES", "cas_index", "cas_ibp_bounds",
-           "cas_ratio_penalty", "ratio_interval"]
+           "ratio_interval"]
