@@ -11,8 +11,10 @@ The certified loss needs the bounds of :mod:`verify` inside the training loop, w
 ``models`` may not import: this command hands :class:`verify.certified_training.CertifiedLoss`
 to :func:`models.train.train` as its loss hook. Training is resumable per epoch (the resume
 state records the recipe and the certified loss; another one is refused). At the end the
-clean and IBP-certified accuracy (:func:`verify.certify`, ``method="ibp"``) are measured on
-held-out images and written to the checkpoint's metadata.
+clean and IBP-certified accuracy (:func:`verify.certify`, ``method="ibp"``; a controlled adaptive
+solver: its trajectory graph, ``method="crown"``) are measured on held-out images and written to
+the checkpoint's metadata. ``--init-from`` (or a preset's ``init_from``) starts from a zoo model's
+weights.
 """
 
 from __future__ import annotations
