@@ -187,3 +187,14 @@ def test_zoo_model_is_certified_for_its_deployed_solver_and_unbeaten() -> None:
     assert (lb > 0).all(1).any()
     for i in range(2):
         assert (min_margins(model, x[i:i + 1], int(y[i]), 0.1, steps=15, restarts=0) >= lb[i] - 1e-4).all()
+
+
+@pytest.mark.skipif(not os.environ.get("ODE_ROBUSTNESS_DATA"), reason="MNIST missing")
+def test_cli_init_from_an_unknown_model_is_one_line_and_status_2(tmp_path, capsys) -> None:
+    from verify.cli import main
+
+    argv = ["train", "--preset", "ode-cert-0.1", "--init-from", "nope", "--epochs", "1", "--n-train", "8",
+            "--n-eval", "4", "--out", str(tmp_path / "x"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and len(err.splitlines()) == 1
