@@ -124,6 +124,12 @@ PRESETS: dict[str, Preset] = {
         "ode-cert-0.1", "ode", _CERT_ODE, _CERT_RECIPE,
         "ODE-net, verifiable field, 16 channels, Euler 2 steps, 100-unit head, IBP-trained at ε=0.11 (certified at 0.1)",
         cert=_cert(0.1)),
+    "ode-cert-0.1-wide": Preset(
+        "ode-cert-0.1-wide", "ode", {**_CERT_ODE, "channels": 32, "head_hidden": 256},
+        dataclasses.replace(_CERT_RECIPE, shift=2),
+        "`ode-cert-0.1` widened (32 channels, 256-unit head: 5x the parameters) and trained on random shifts of up "
+        "to 2 pixels, same IBP recipe at ε=0.11 (certified at 0.1)",
+        cert=_cert(0.1)),
     "ode-cert-0.3": Preset(
         "ode-cert-0.3", "ode", _CERT_ODE, _CERT_RECIPE,
         "ODE-net, verifiable field, 16 channels, Euler 2 steps, 100-unit head, IBP-trained at ε=0.33 (certified at 0.3)",
