@@ -13,7 +13,11 @@ held-out images of ``mnist-t10k``:
 * IBP-certified and CROWN-certified accuracy (:func:`verify.certify`), and their union;
 * PGD accuracy (an upper bound on what any certificate can reach);
 * each model's L2 and L∞ Lipschitz bound (:func:`lipbound.network_bound`) and the growth
-  bound of its residual / Euler part: (1 + hK)^n for the ODE-net, Π (1 + s K_i) for a ResNet.
+  bound of its residual / Euler part: (1 + hK)^n for the ODE-net, Π (1 + s K_i) for a ResNet;
+* how much of the residual / Euler part is alive: the fraction of its ReLU units active on
+  some clean image (IBP training can switch a field off entirely, which turns the ODE block
+  into a constant shift and the ODE-net into a feed-forward net: then the comparison is not
+  one of dynamics).
 
 A CROWN bound is not computed where PGD already found an adversarial example (or the clean
 image is misclassified): no sound certificate exists there, so the image counts as not
@@ -128,6 +132,29 @@ def _lipschitz(model: nn.Module, name: str) -> dict[str, Any]:
     return out
 
 
+def _field_activity(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Per ReLU of the residual / Euler part (modules named ``*field*``), the fraction of its units
+    active (> 0) on some image of ``x``; empty for a model without one."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            act = (out > 0).flatten(1).any(0)
+            seen[name] = act if name not in seen else seen[name] | act
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, nn.ReLU) and "field" in n]
+    try:
+        with torch.no_grad():
+            for s in _chunks(x.shape[0]):
+                model(x[s])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: float(a.float().mean()) for n, a in seen.items()}
+
+
 def _model_cells(ctx: StudyContext, name: str, x: torch.Tensor, y: torch.Tensor, plan: dict[str, Any]
                  ) -> dict[str, Any]:
     """Every cell of one model: clean, per ε PGD / IBP / CROWN per image, Lipschitz bounds."""
@@ -144,7 +171,8 @@ def _model_cells(ctx: StudyContext, name: str, x: torch.Tensor, y: torch.Tensor,
                          lambda: _certified(model, x[:nc], y[:nc], eps, "crown", pgd[:nc]))
         per_eps[f"{eps:g}"] = {"pgd": pgd, "ibp": ibp, "crown": crown}
     lip = ctx.cell(f"{name}/lipschitz", lambda: _lipschitz(model, name))
-    return {"clean": clean, "eps": per_eps, "lipschitz": lip}
+    active = ctx.cell(f"{name}/field-activity/n{n}", lambda: _field_activity(model, x))
+    return {"clean": clean, "eps": per_eps, "lipschitz": lip, "field_activity": active}
 
 
 def proportion(k: int, n: int) -> tuple[float, float]:
@@ -237,10 +265,16 @@ def _lipschitz_table(cells: dict[str, Any]) -> Table:
         g2, gi = lip["growth_2"], lip["growth_inf"]
         rows.append((label, lip["parameters"], lip["lipschitz_2"], lip["lipschitz_inf"],
                      None if g2 is None else f"{g2['formula']}: K={g2['K']:.3g}, h={g2['h']:g}, n={g2['n']} → {g2['value']:.4g}",
-                     None if gi is None else gi["value"]))
+                     None if gi is None else gi["value"], _activity_text(cells[name]["field_activity"])))
     return Table("Size, Lipschitz bounds of the whole network and growth bounds of the residual / Euler part",
-                 ("model", "parameters", "Lipschitz bound L2", "Lipschitz bound L∞", "growth bound L2", "growth bound L∞"),
-                 tuple(rows), "Upper bounds (products of per-layer norms, lipbound.network_bound); K is the field's bound.")
+                 ("model", "parameters", "Lipschitz bound L2", "Lipschitz bound L∞", "growth bound L2", "growth bound L∞",
+                  "field ReLU units active on some clean image"),
+                 tuple(rows), "Upper bounds (products of per-layer norms, lipbound.network_bound); K is the field's bound. "
+                 "Activity: per ReLU of the residual / Euler part (the ODE-net's one field is applied at both steps).")
+
+
+def _activity_text(active: dict[str, float]) -> str | None:
+    return None if not active else ", ".join(f"{n.split('.act')[0]}: {100 * a:.1f} %" for n, a in active.items())
 
 
 def corrected_z(m: int, level: float = 0.05) -> float:
@@ -277,6 +311,9 @@ def _pairs_text(rows: list[dict[str, Any]], key: str) -> str:
 
 def _findings(cells: dict[str, Any], rows: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
     out = []
+    dead = [label for name, label in MODELS if cells[name]["field_activity"]
+            and max(cells[name]["field_activity"].values()) == 0.0]
+    ode_dead = MODELS[0][1] in dead
     for key, what in (("ibp", f"IBP-certified accuracy (n={plan['n']})"),
                       ("union", f"IBP-or-CROWN-certified accuracy (n={plan['n_crown']})"),
                       ("pgd", f"PGD accuracy (n={plan['n']})")):
@@ -284,7 +321,13 @@ def _findings(cells: dict[str, Any], rows: list[dict[str, Any]], plan: dict[str,
         out.append(f"{what}: {v['pairs']} informative (ResNet, ε) pairs, Bonferroni threshold |z| > {v['z']:.2f}; "
                    f"ODE-net ahead: {_pairs_text(v['better'], key)}; behind: {_pairs_text(v['worse'], key)} "
                    f"(|z| > {Z_SUPPORT:g} before correction: {_pairs_text(v['nominal'], key)}). "
-                   f"This supports {v['verdict']}.")
+                   + (f"Taken at face value this supports {v['verdict']}; but the ODE-net's field is dead (below), "
+                      "so it says nothing about ODE dynamics." if ode_dead else f"This supports {v['verdict']}."))
+    if dead:
+        out.append("Dead fields: no ReLU unit of the residual / Euler part of " + ", ".join(dead) + " is active on any "
+                   "clean held-out image: there the block adds a constant and the model computes as a feed-forward "
+                   "net of its stem and head (perturbations larger than the training ε can wake units up); a "
+                   "difference to it is one of the trained weights, not of ODE dynamics (see the activity column).")
     out.append("One training seed per model: the standard errors cover the choice of test images, not the spread "
                "between training runs, so a single pair past the threshold is weak evidence for either seed.")
     bad = {label: sum(_violations(r) for r in cells[name]["eps"].values()) for name, label in MODELS}
@@ -347,7 +390,7 @@ def run(ctx: StudyContext) -> StudyReport:
                                "crown_bounded": r["crown"]["bounded"], "crown_seconds": r["crown"]["seconds"],
                                "ibp_seconds": r["ibp"]["seconds"], "union": sum(_union(r)),
                                "pgd": sum(r["pgd"]), "violations": _violations(r)} for e, r in c["eps"].items()},
-                   "clean": sum(c["clean"])}
+                   "clean": sum(c["clean"]), "field_activity": c["field_activity"]}
             for name, c in cells.items()}
     data["comparison"] = rows
     return StudyReport(NAME, TITLE, SEED, ctx.quick, protocol,
