@@ -7,7 +7,7 @@ The zoo ODE-net ``ode-chen`` (dopri5, trained at τ = 1e-3) is deployed with dop
 * white-box APGD-CE with gradients through the deployed solver,
 * APGD-CE with gradients through the fixed-step surrogate (transfer), scored on the deployment,
 * Square (no gradients: only the deployment's logits),
-* AutoAttack (APGD-CE, APGD-T, Square on the points still robust) through the deployed solver,
+* AutoAttack (APGD-CE, APGD-T, FAB-T, Square on the points still robust) through the deployed solver,
 
 and the automatic checks flag gradient masking: white-box ≥ black-box (Square breaks a point
 APGD did not), surrogate vs direct gradients (the transfer attack breaks more), and doubling
