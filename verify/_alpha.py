@@ -42,7 +42,7 @@ ITERATIONS, LR, LR_DECAY = 20, 0.5, 0.98
 #: Adam steps per layer of intermediate bounds: on zoo `ode` a layer's summed bound gains most in
 #: the first 3 steps, but the small gains after them still move the margins (worst margin bound of
 #: one example at 1.1x its CROWN radius: -0.12 after 3 steps, -0.07 after 6, -0.06 after 10, for
-#: 6, 12 and 20 s; a learning rate of 1 or 2 instead of 0.5 changes it by < 0.01; measured with
+#: 6, 12 and 20 s; a learning rate of 1 or 2 instead of 0.5 changes it by at most 0.013; measured with
 #: runs/issue16-tight/prof_alpha.py).
 INTERMEDIATE_ITERATIONS = 6
 #: Adam's learning rate of split multipliers β (auto_LiRPA's ``lr_beta``).
