@@ -115,7 +115,9 @@ def run(ctx: StudyContext) -> StudyReport:
     x_all, y_all = load_dataset("mnist-t10k", "test", n=n)
     x, y = x_all.to(ctx.device), y_all.to(ctx.device)
     model = ctx.zoo("ode-chen")
-    tag = f"eps={EPS:g} n={n} steps={b['steps']} queries={b['queries']} double={b['double_n']} seed={ctx.seed}"
+    # the AutoAttack members are part of the key: cells computed before FAB-T joined the ensemble are not reused
+    tag = (f"eps={EPS:g} n={n} steps={b['steps']} queries={b['queries']} double={b['double_n']} seed={ctx.seed} "
+           "autoattack=apgd-ce+apgd-t+fab-t+square")
     cells = {name: ctx.cell(f"{name} {tag}", lambda s=solver: _cell(model, s, x, y, b, ctx.seed))
              for name, solver in deployments().items()}
     rows, data = [], {}
