@@ -33,6 +33,8 @@ from attacks.cw import CW_DEFAULTS
 from models.data import load_dataset
 from models.zoo import load
 
+from ._cells import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -238,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_model(name, args.n, args.repeats, args.boundary_steps, cw, tuple(args.attacks)))
         print(json.dumps(rows[-1], indent=1), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"torch_threads": 1, "torch": torch.__version__, "args": vars(args)}
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.tag}.md").write_text(_markdown(rows))
-    print(_markdown(rows))
+    write_results(RESULTS, args.tag, args, rows, _markdown)
     return 0
 
 

@@ -26,7 +26,6 @@ run resumes. Run: ``python -m benchmarks.autoattack_vs_peers [--n 500] [--models
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,8 @@ from torch import nn
 from attacks import APGD, APGDT, FABT, AutoAttack, Square
 from models.data import load_dataset
 from models.zoo import load
+
+from ._cells import resumable_cells, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ATTACKS = ("apgd", "apgd-t", "fab-t", "square", "autoattack")
@@ -145,27 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cells = RESULTS / f"{args.tag}.jsonl"
-    done: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if cells.exists():
-        for line in cells.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[(r["model"], r["attack"], r["n"], r["steps"], r["queries"])] = r
-    rows = []
-    for name in args.models:
-        for attack in args.attacks:
-            key = (name, attack, args.n, args.steps, args.queries)
-            if key not in done:
-                done[key] = bench_cell(name, attack, args.n, args.steps, args.queries)
-                with cells.open("a") as f:
-                    f.write(json.dumps(done[key]) + "\n")
-                print(json.dumps(done[key]), flush=True)
-            rows.append(done[key])
-    meta = {"torch_threads": 1, "torch": torch.__version__, "args": vars(args)}
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.tag}.md").write_text(_markdown(rows))
-    print(_markdown(rows))
+    keys = [(name, attack, args.n, args.steps, args.queries) for name in args.models for attack in args.attacks]
+    rows = resumable_cells(RESULTS / f"{args.tag}.jsonl", ("model", "attack", "n", "steps", "queries"), keys,
+                           bench_cell)
+    write_results(RESULTS, args.tag, args, rows, _markdown)
     return 0
 
 

@@ -15,7 +15,6 @@ Run: ``python -m benchmarks.fab_vs_peers [--n 30] [--models lenet5 ode] [--norms
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ import torch
 from attacks import FAB
 from models.data import load_dataset
 from models.zoo import load
+
+from ._cells import resumable_cells, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: torchattacks' ε for an unbounded run: farther than any two points of [0, 1]^784 in either norm.
@@ -98,27 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cells = RESULTS / f"{args.tag}.jsonl"
-    done: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if cells.exists():
-        for line in cells.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[(r["model"], r["norm"], r["n"], r["steps"])] = r
-    rows = []
-    for name in args.models:
-        for norm in args.norms:
-            key = (name, norm, args.n, args.steps)
-            if key not in done:
-                done[key] = bench_cell(name, norm, args.n, args.steps)
-                with cells.open("a") as f:
-                    f.write(json.dumps(done[key]) + "\n")
-                print(json.dumps(done[key]), flush=True)
-            rows.append(done[key])
-    meta = {"torch_threads": 1, "torch": torch.__version__, "args": vars(args)}
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.tag}.md").write_text(_markdown(rows))
-    print(_markdown(rows))
+    keys = [(name, norm, args.n, args.steps) for name in args.models for norm in args.norms]
+    rows = resumable_cells(RESULTS / f"{args.tag}.jsonl", ("model", "norm", "n", "steps"), keys, bench_cell)
+    write_results(RESULTS, args.tag, args, rows, _markdown)
     return 0
 
 

@@ -1,0 +1,45 @@
+"""Resumable benchmark cells: one JSON line per finished cell, and the json/md result files.
+
+A cell is a dict whose ``key_fields`` identify it; finished cells are appended to
+``<tag>.jsonl`` as they are produced, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def resumable_cells(path: Path, key_fields: Sequence[str], keys: Iterable[tuple[Any, ...]],
+                    compute: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cell of every key in ``keys``: read from ``path`` if already there, else ``compute(*key)``
+    (appended to ``path`` and printed as soon as it is done)."""
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[tuple(r[k] for k in key_fields)] = r
+    rows = []
+    for key in keys:
+        if key not in done:
+            done[key] = compute(*key)
+            with path.open("a") as f:
+                f.write(json.dumps(done[key]) + "\n")
+            print(json.dumps(done[key]), flush=True)
+        rows.append(done[key])
+    return rows
+
+
+def write_results(results: Path, tag: str, args: argparse.Namespace, rows: list[dict[str, Any]],
+                  markdown: Callable[[list[dict[str, Any]]], str]) -> None:
+    """Write ``<tag>.json`` (rows and run metadata) and ``<tag>.md``, and print the markdown."""
+    meta = {"torch_threads": 1, "torch": torch.__version__, "args": vars(args)}
+    (results / f"{tag}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    (results / f"{tag}.md").write_text(markdown(rows))
+    print(markdown(rows))
