@@ -43,7 +43,7 @@ from models.fields import ConcatConv2d
 from models.zoo import resolve
 from verify import lower
 from verify._ibp import field_box, input_box, part_box
-from verify._lower import CASFlow, Flow
+from verify._lower import CASFlow, Flow, has_cas
 from verify.certify import Certifier
 
 from ._gains_peer import GAINS_EPS, load_rows
@@ -55,8 +55,7 @@ OFFSET = 8000
 
 
 def _methods(model: nn.Module) -> tuple[str, ...]:
-    cas = any(getattr(getattr(m, "solver", None), "is_cas", False) for m in model.modules())
-    return ("crown",) if cas else ("ibp", "crown")
+    return ("crown",) if has_cas(model) else ("ibp", "crown")
 
 
 def field_activity(model: nn.Module, x: torch.Tensor, eps: float) -> dict[str, float]:

@@ -31,6 +31,7 @@ import torch
 
 from models.cli_support import resolve_device
 
+from ._lower import has_cas
 from .certified_training import INITS, LOSSES, CertConfig, CertifiedLoss, ibp_init
 
 #: examples per :func:`verify.certify` call when measuring certified accuracy.
@@ -125,7 +126,7 @@ def _out_path(args: argparse.Namespace, name: str) -> Path:
 
 def cert_method(model: torch.nn.Module) -> str:
     """``crown`` (the trajectory graph, its one method) for a controlled adaptive solver, else ``ibp``."""
-    return "crown" if any(getattr(getattr(m, "solver", None), "is_cas", False) for m in model.modules()) else "ibp"
+    return "crown" if has_cas(model) else "ibp"
 
 
 def certified_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:

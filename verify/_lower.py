@@ -221,6 +221,12 @@ def is_adaptive(model: nn.Module) -> bool:
     return any(not m.solver.is_fixed and not m.solver.is_cas for m in model.modules() if isinstance(m, ODEBlock))
 
 
+def has_cas(model: nn.Module) -> bool:
+    """True when the model integrates an ODE block with a controlled adaptive solver (certified
+    through its trajectory graph)."""
+    return any(m.solver.is_cas for m in model.modules() if isinstance(m, ODEBlock))
+
+
 def adaptive_refusal(solver: object) -> str:
     """The one-line reason an adaptive model is not certified (and what can be)."""
     describe = getattr(solver, "describe", None)
