@@ -15,16 +15,18 @@ from typing import Any
 import torch
 
 
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """The finished cells of ``path`` in the order they were appended (none if it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def resumable_cells(path: Path, key_fields: Sequence[str], keys: Iterable[tuple[Any, ...]],
                     compute: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
     """The cell of every key in ``keys``: read from ``path`` if already there, else ``compute(*key)``
     (appended to ``path`` and printed as soon as it is done)."""
-    done: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[tuple(r[k] for k in key_fields)] = r
+    done = {tuple(r[k] for k in key_fields): r for r in read_cells(path)}
     rows = []
     for key in keys:
         if key not in done:

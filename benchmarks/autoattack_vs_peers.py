@@ -21,11 +21,20 @@ Targets (issue 17): robust accuracy <= theirs + 0.5 points, wall time <= 1.0x th
 Every finished (model, attack) cell is appended to ``results/<tag>.jsonl`` and skipped when the
 run resumes. Run: ``python -m benchmarks.autoattack_vs_peers [--n 500] [--models ode lenet5]
 [--attacks fab-t autoattack] [--tag fab_vs_peers]``.
+
+With ``--chunk C`` a cell is one range of C images (both sides, per-image verdicts kept), run
+range by range across all models and attacks, so an interrupted run has the same images for every
+(model, attack); the result rows aggregate, per (model, attack), the finished ranges from image 0 on
+(their n), with the paired comparison: images robust for ours only / for theirs only, and the
+standard error of the difference. ``--collect`` only aggregates what ``<tag>.jsonl`` holds.
+Run: ``python -m benchmarks.autoattack_vs_peers --n 500 --chunk 50 --tag autoattack_vs_peers_500``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +46,7 @@ from attacks import APGD, APGDT, FABT, AutoAttack, Square
 from models.data import load_dataset
 from models.zoo import load
 
-from ._cells import resumable_cells, write_results
+from ._cells import read_cells, resumable_cells, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ATTACKS = ("apgd", "apgd-t", "fab-t", "square", "autoattack")
@@ -92,6 +101,17 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor
             "within_eps": bool((linf <= eps + 1e-6).all())}
 
 
+def _run_sides(model: nn.Module, attack: str, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+               queries: int) -> dict[str, tuple[float, float, torch.Tensor]]:
+    """``{side: (wall seconds, CPU seconds, adversarial points)}``, ours first, then theirs."""
+    out = {}
+    for side, fn in _sides(model, attack, eps, steps, queries).items():
+        t, cpu = time.perf_counter(), time.process_time()
+        adv = fn(x, y).detach()
+        out[side] = (time.perf_counter() - t, time.process_time() - cpu, adv)
+    return out
+
+
 def bench_cell(name: str, attack: str, n: int, steps: int, queries: int) -> dict[str, Any]:
     """One (model, attack) cell: both sides on the same n held-out images."""
     model = load(name).eval()
@@ -101,11 +121,8 @@ def bench_cell(name: str, attack: str, n: int, steps: int, queries: int) -> dict
         clean = float((model(x).argmax(1) == y).float().mean())
     out: dict[str, Any] = {"model": name, "attack": attack, "n": n, "eps": eps, "norm": "inf", "steps": steps,
                            "queries": queries, "clean_accuracy": clean}
-    for side, fn in _sides(model, attack, eps, steps, queries).items():
-        t, cpu = time.perf_counter(), time.process_time()
-        adv = fn(x, y).detach()
-        out[side] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
-                     **_score(model, x, y, adv, eps)}
+    for side, (seconds, cpu, adv) in _run_sides(model, attack, x, y, eps, steps, queries).items():
+        out[side] = {"seconds": seconds, "cpu_seconds": cpu, **_score(model, x, y, adv, eps)}
     ours, theirs = out["ours"], out["torchattacks"]
     out["points_above_theirs"] = 100 * (ours["robust_accuracy"] - theirs["robust_accuracy"])
     # one thread each on a shared machine: CPU time is what the side spent, wall time includes waiting
@@ -113,6 +130,82 @@ def bench_cell(name: str, attack: str, n: int, steps: int, queries: int) -> dict
     out["wall_ratio"] = ours["seconds"] / theirs["seconds"]
     out["meets_targets"] = out["points_above_theirs"] <= TARGET_POINTS and out["time_ratio"] <= TARGET_RATIO
     return out
+
+
+def bench_chunk(name: str, attack: str, start: int, stop: int, steps: int, queries: int) -> dict[str, Any]:
+    """One range cell: both sides on held-out images ``start`` .. ``stop - 1``, with per-image verdicts
+    (``"1"`` robust, ``"0"`` broken or misclassified)."""
+    model = load(name).eval()
+    x, y = load_dataset("mnist-t10k", "test", n=stop)
+    x, y = x[start:], y[start:]
+    eps = eps_for(name)
+    with torch.no_grad():
+        clean = int((model(x).argmax(1) == y).sum())
+    out: dict[str, Any] = {"model": name, "attack": attack, "start": start, "stop": stop, "eps": eps, "norm": "inf",
+                           "steps": steps, "queries": queries, "clean": clean}
+    for side, (seconds, cpu, adv) in _run_sides(model, attack, x, y, eps, steps, queries).items():
+        with torch.no_grad():
+            robust = model(adv).argmax(1) == y
+        linf = float((adv - x).flatten(1).abs().amax(dim=1).max())
+        out[side] = {"seconds": seconds, "cpu_seconds": cpu, "max_linf": linf, "within_eps": linf <= eps + 1e-6,
+                     "robust": "".join("1" if r else "0" for r in robust.tolist())}
+    return out
+
+
+def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, attack, steps, queries), in order of first appearance: the range cells that cover
+    images 0 .. n - 1 without a gap, summed into one row with the paired comparison of the two sides.
+
+    ``points_above_theirs`` is 100 (r_ours - r_theirs) / n; with b images robust for ours only and c
+    for theirs only, its standard error is 100 sqrt(b + c - (b - c)^2 / n) / n (paired proportions).
+    """
+    groups: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["model"], c["attack"], c["steps"], c["queries"]), {})[c["start"]] = c
+    rows = []
+    for by_start in groups.values():
+        chain, start = [], 0
+        while start in by_start:
+            chain.append(by_start[start])
+            start = by_start[start]["stop"]
+        if not chain:
+            continue
+        first = chain[0]
+        row: dict[str, Any] = {k: first[k] for k in ("model", "attack", "eps", "norm", "steps", "queries")}
+        row.update(n=start, clean_accuracy=sum(c["clean"] for c in chain) / start)
+        flags = {}
+        for side in ("ours", "torchattacks"):
+            flags[side] = "".join(c[side]["robust"] for c in chain)
+            row[side] = {"robust": flags[side].count("1"), "robust_accuracy": flags[side].count("1") / start,
+                         "cpu_seconds": sum(c[side]["cpu_seconds"] for c in chain),
+                         "seconds": sum(c[side]["seconds"] for c in chain),
+                         "max_linf": max(c[side]["max_linf"] for c in chain),
+                         "within_eps": all(c[side]["within_eps"] for c in chain)}
+        b = sum(o == "1" and t == "0" for o, t in zip(flags["ours"], flags["torchattacks"]))
+        d = sum(o == "0" and t == "1" for o, t in zip(flags["ours"], flags["torchattacks"]))
+        row.update(ours_only_robust=b, theirs_only_robust=d,
+                   ours_only_robust_images=[i for i, (o, t) in enumerate(zip(flags["ours"], flags["torchattacks"]))
+                                            if o == "1" and t == "0"],
+                   points_above_theirs=100 * (b - d) / start,
+                   points_se=100 * math.sqrt(max(b + d - (b - d) ** 2 / start, 0.0)) / start,
+                   time_ratio=row["ours"]["cpu_seconds"] / row["torchattacks"]["cpu_seconds"],
+                   wall_ratio=row["ours"]["seconds"] / row["torchattacks"]["seconds"])
+        row["meets_targets"] = row["points_above_theirs"] <= TARGET_POINTS and row["time_ratio"] <= TARGET_RATIO
+        rows.append(row)
+    return rows
+
+
+def _markdown_paired(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | ε (L∞) | attack | n | robust acc. ours | robust acc. torchattacks | "
+             "points above (± s.e.) | robust for ours only / theirs only | CPU s ours | CPU s torchattacks | CPU time ratio | targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, t = r["ours"], r["torchattacks"]
+        lines.append(f"| {r['model']} | {r['eps']:g} | {r['attack']} | {r['n']} | {100 * o['robust_accuracy']:.1f}% | "
+                     f"{100 * t['robust_accuracy']:.1f}% | {r['points_above_theirs']:+.1f} ± {r['points_se']:.1f} | "
+                     f"{r['ours_only_robust']} / {r['theirs_only_robust']} | {o['cpu_seconds']:.1f} | "
+                     f"{t['cpu_seconds']:.1f} | {r['time_ratio']:.2f} | {'yes' if r['meets_targets'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -137,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=100, help="APGD / APGD-T / FAB-T iterations (the paper's 100)")
     parser.add_argument("--queries", type=int, default=5000, help="Square's query budget (the paper's 5000)")
     parser.add_argument("--tag", default="autoattack_vs_peers")
+    # SUPPRESS: absent from the namespace (and the result metadata) unless given
+    parser.add_argument("--chunk", type=int, default=argparse.SUPPRESS,
+                        help="cells of this many images, aggregated per (model, attack)")
+    parser.add_argument("--collect", action="store_true", default=argparse.SUPPRESS,
+                        help="with --chunk: only aggregate the finished cells of <tag>.jsonl")
     return parser
 
 
@@ -146,10 +244,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if hasattr(args, "chunk"):
+        return _main_chunked(args)
     keys = [(name, attack, args.n, args.steps, args.queries) for name in args.models for attack in args.attacks]
     rows = resumable_cells(RESULTS / f"{args.tag}.jsonl", ("model", "attack", "n", "steps", "queries"), keys,
                            bench_cell)
     write_results(RESULTS, args.tag, args, rows, _markdown)
+    return 0
+
+
+def _main_chunked(args: argparse.Namespace) -> int:
+    if args.chunk < 1:
+        print(f"error: --chunk must be >= 1, got {args.chunk}", file=sys.stderr)
+        return 2
+    path = RESULTS / f"{args.tag}.jsonl"
+    if not getattr(args, "collect", False):
+        # range-major: an interrupted run has covered the same images for every model and attack
+        keys = [(name, attack, start, min(start + args.chunk, args.n), args.steps, args.queries)
+                for start in range(0, args.n, args.chunk) for name in args.models for attack in args.attacks]
+        resumable_cells(path, ("model", "attack", "start", "stop", "steps", "queries"), keys, bench_chunk)
+    write_results(RESULTS, args.tag, args, aggregate(read_cells(path)), _markdown_paired)
     return 0
 
 
