@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="degree of the ramp's first quarter (1: a linear ramp, Gowal et al.; 4: Shi et al.)")
     p.add_argument("--kappa-end", type=float, default=None, help="weight of the clean loss at the end of the ramp")
     p.add_argument("--alpha", type=float, default=None, help="mtl-ibp's weight of the adversarial loss")
+    p.add_argument("--pgd-steps", type=int, default=None,
+                   help="mtl-ibp's PGD steps per batch (De Palma et al. use 1 on MNIST; default: the preset's, else 8)")
     p.add_argument("--init", choices=INITS, default=None, help="weight initialisation (ibp: Shi et al.)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default=None, help="learning-rate schedule")
     p.add_argument("--shift", type=int, default=None, help="random-translation augmentation in pixels (0: none)")
@@ -90,7 +92,7 @@ def _config(preset: Any, args: argparse.Namespace) -> CertConfig:
     overrides = {k: v for k, v in {"loss": args.cert, "eps": args.cert_eps, "eval_eps": args.eval_eps,
                                    "warmup_epochs": args.warmup_epochs, "ramp_epochs": args.ramp_epochs,
                                    "exponent": args.ramp_exponent, "kappa_end": args.kappa_end,
-                                   "alpha": args.alpha, "init": args.init}.items()
+                                   "alpha": args.alpha, "pgd_steps": args.pgd_steps, "init": args.init}.items()
                  if v is not None}
     if "eps" in overrides and "eval_eps" not in overrides and preset.cert is None:
         overrides["eval_eps"] = overrides["eps"]

@@ -217,6 +217,7 @@ def test_resume_equals_uninterrupted_and_refuses_another_certified_recipe(tmp_pa
     (["train", "--preset", "ode-cert-0.1", "--config", "chanels=8"], "chanels"),
     (["train", "--preset", "ode-cert-0.1", "--config", "channels"], "KEY=VALUE"),
     (["train", "--preset", "ode-cert-0.1", "--kappa-end", "1.5"], "kappa_end"),
+    (["train", "--preset", "ode-cert-0.1", "--pgd-steps", "0"], "pgd_steps"),
 ])
 def test_cli_bad_input_is_one_line_and_status_2(argv: list[str], needle: str, capsys) -> None:
     assert main(argv) == 2
@@ -263,3 +264,28 @@ def test_cli_research_flags_reach_the_model_recipe_and_schedule(tmp_path: Path) 
     assert meta["recipe"]["schedule"] == "cosine" and meta["recipe"]["shift"] == 1
     assert meta["cert_recipe"]["exponent"] == 2 and meta["cert_recipe"]["kappa_end"] == 0.25
     assert "degree 2" in meta["eps_schedule"]
+
+
+@pytest.mark.skipif(not (Path(os.environ.get("ODE_ROBUSTNESS_DATA", "/nonexistent")) / "mnist").exists(),
+                    reason="MNIST not found (set ODE_ROBUSTNESS_DATA)")
+def test_cli_pgd_steps_sets_the_attack_of_mtl_ibp(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import verify.certified_training as ct
+
+    seen: list[int] = []
+    real = ct.pgd_point
+
+    def spy(model, x, y, eps, steps, seed):
+        seen.append(steps)
+        return real(model, x, y, eps, steps, seed)
+
+    monkeypatch.setattr(ct, "pgd_point", spy)
+    argv = ["train", "--preset", "ode-cert-0.1", "--cert", "mtl-ibp", "--alpha", "0.9", "--pgd-steps", "3",
+            "--epochs", "1", "--n-train", "32", "--n-eval", "8", "--warmup-epochs", "0", "--ramp-epochs", "1",
+            "--batch-size", "16", "--config", "channels=4", "--config", "head_hidden=0",
+            "--out", str(tmp_path / "mtl"), "--no-progress"]
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "mtl.json").read_text())
+    assert meta["cert_recipe"]["loss"] == "mtl-ibp" and meta["cert_recipe"]["alpha"] == 0.9
+    assert meta["cert_recipe"]["pgd_steps"] == 3 and seen == [3, 3]
