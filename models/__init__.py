@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .activity import field_activity as field_activity
 from .base import Classifier as Classifier
 from .base import ModelInputError as ModelInputError
 from .data import DATASETS as DATASETS
@@ -57,6 +58,6 @@ __all__ = [
     "DATASETS", "DataError", "DownloadError", "data_root", "download_dataset", "load_dataset",
     "ADAPTIVE_METHODS", "CAS_METHODS", "FIELDS", "FIXED_METHODS", "MLP", "MODELS", "ChenField", "Classifier", "ConcatConv2d", "GainsODENet",
     "LeNet5", "ModelInputError", "ODEBlock", "ODENet", "ResNet", "SolverConfig",
-    "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField",
+    "SolverConfigError", "SolverStepLimitError", "UnknownArchitectureError", "VerifiableField", "field_activity",
     "build_model", "REJECT", "RandomizationError", "ToleranceRandomized", "VoteResult",
 ]

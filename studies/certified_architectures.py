@@ -46,6 +46,7 @@ from torch import nn
 
 from attacks import PGD
 from lipbound import network_bound
+from models.activity import field_activity
 from models.data import load_dataset
 from models.zoo import PRESETS
 from verify import certify
@@ -132,29 +133,6 @@ def _lipschitz(model: nn.Module, name: str) -> dict[str, Any]:
     return out
 
 
-def _field_activity(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """Per ReLU of the residual / Euler part (modules named ``*field*``), the fraction of its units
-    active (> 0) on some image of ``x``; empty for a model without one."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Any:
-        def record(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-            act = (out > 0).flatten(1).any(0)
-            seen[name] = act if name not in seen else seen[name] | act
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, nn.ReLU) and "field" in n]
-    try:
-        with torch.no_grad():
-            for s in _chunks(x.shape[0]):
-                model(x[s])
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: float(a.float().mean()) for n, a in seen.items()}
-
-
 def _model_cells(ctx: StudyContext, name: str, x: torch.Tensor, y: torch.Tensor, plan: dict[str, Any]
                  ) -> dict[str, Any]:
     """Every cell of one model: clean, per ε PGD / IBP / CROWN per image, Lipschitz bounds."""
@@ -171,7 +149,7 @@ def _model_cells(ctx: StudyContext, name: str, x: torch.Tensor, y: torch.Tensor,
                          lambda: _certified(model, x[:nc], y[:nc], eps, "crown", pgd[:nc]))
         per_eps[f"{eps:g}"] = {"pgd": pgd, "ibp": ibp, "crown": crown}
     lip = ctx.cell(f"{name}/lipschitz", lambda: _lipschitz(model, name))
-    active = ctx.cell(f"{name}/field-activity/n{n}", lambda: _field_activity(model, x))
+    active = ctx.cell(f"{name}/field-activity/n{n}", lambda: field_activity(model, x))
     return {"clean": clean, "eps": per_eps, "lipschitz": lip, "field_activity": active}
 
 

@@ -77,27 +77,3 @@ def test_resume_computes_nothing(quick_run: tuple[StudyReport, Path], assert_res
     report, out = quick_run
     assert_resume_computes_nothing(ca.NAME, out, report,
                                    [(ca, "_pgd_holds"), (ca, "_certified"), (ca, "_lipschitz")])
-
-
-def test_field_activity_counts_units_alive_on_some_image() -> None:
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
-            self.field = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.field(self.stem(x))
-
-    net = Net()
-    with torch.no_grad():
-        net.stem[0].weight.fill_(1.0)
-        net.stem[0].bias.zero_()
-        net.field[0].weight.zero_()
-        net.field[0].bias.copy_(torch.tensor([-1.0, 1.0, -1.0, 0.0]))
-        net.field[0].weight[2, 0] = 1.0
-    x = torch.tensor([[0.0, 0.0], [0.5, 0.0], [2.0, 0.0]])
-    # units: always off, always on, on only where the stem output exceeds 1 (third image), exactly 0 (off)
-    assert ca._field_activity(net, x) == {"field.1": 0.5}
-    assert ca._field_activity(net, x[:2]) == {"field.1": 0.25}
-    assert ca._field_activity(net.stem, x) == {}
