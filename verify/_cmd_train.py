@@ -14,7 +14,7 @@ state records the recipe and the certified loss; another one is refused). At the
 clean and IBP-certified accuracy (:func:`verify.certify`, ``method="ibp"``; a controlled adaptive
 solver: its trajectory graph, ``method="crown"``) are measured on held-out images and written to
 the checkpoint's metadata. ``--init-from`` (or a preset's ``init_from``) starts from a zoo model's
-weights.
+(or a checkpoint's) weights.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--init-from", default=None, metavar="MODEL",
-                   help="start from this zoo model's weights (a fine-tune; default: the preset's, else none)")
+                   help="start from this zoo model's or checkpoint's (path stem) weights (a fine-tune; default: the "
+                        "preset's, else none)")
     p.add_argument("--n-train", type=int, default=None, help="first n training images (default all 8,000)")
     p.add_argument("--n-eval", type=int, default=500, help="held-out images for the final accuracy")
     p.add_argument("--out", default=None,
@@ -178,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
         ibp_init(model, torch.Generator(device="cpu").manual_seed(recipe.seed) if device.type == "cpu" else None)
     init_from = args.init_from or preset.init_from
     if init_from:
-        from models.zoo import load
+        from models.zoo import resolve
 
-        model.load_state_dict(load(init_from).state_dict())
+        model.load_state_dict(resolve(init_from)[0].state_dict())
     hook = CertifiedLoss(cfg, seed=recipe.seed)
     result = train(model, x_tr, y_tr, recipe, resume_path=sidecar(out, ".resume.pt"),
                    progress=not args.no_progress, loss_fn=hook)

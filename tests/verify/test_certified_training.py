@@ -268,7 +268,7 @@ def test_cli_research_flags_reach_the_model_recipe_and_schedule(tmp_path: Path) 
 
 @pytest.mark.skipif(not (Path(os.environ.get("ODE_ROBUSTNESS_DATA", "/nonexistent")) / "mnist").exists(),
                     reason="MNIST not found (set ODE_ROBUSTNESS_DATA)")
-def test_cli_pgd_steps_sets_the_attack_of_mtl_ibp(tmp_path: Path, monkeypatch) -> None:
+def test_cli_pgd_steps_sets_the_attack_of_mtl_ibp_and_init_from_takes_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
     import json
 
     import verify.certified_training as ct
@@ -289,3 +289,13 @@ def test_cli_pgd_steps_sets_the_attack_of_mtl_ibp(tmp_path: Path, monkeypatch) -
     meta = json.loads((tmp_path / "mtl.json").read_text())
     assert meta["cert_recipe"]["loss"] == "mtl-ibp" and meta["cert_recipe"]["alpha"] == 0.9
     assert meta["cert_recipe"]["pgd_steps"] == 3 and seen == [3, 3]
+
+    from models.zoo import resolve
+
+    argv_ft = ["train", "--preset", "ode-cert-0.1", "--init-from", str(tmp_path / "mtl"), "--lr", "1e-12", "--epochs", "1",
+               "--n-train", "16", "--n-eval", "8", "--warmup-epochs", "0", "--ramp-epochs", "1", "--batch-size", "16",
+               "--config", "channels=4", "--config", "head_hidden=0", "--out", str(tmp_path / "ft"), "--no-progress"]
+    assert main(argv_ft) == 0  # a vanishing rate: the fine-tune keeps the checkpoint's weights
+    start, tuned = resolve(str(tmp_path / "mtl"))[0].state_dict(), resolve(str(tmp_path / "ft"))[0].state_dict()
+    for k, v in start.items():
+        torch.testing.assert_close(tuned[k], v, atol=1e-8, rtol=0, msg=k)
