@@ -94,6 +94,16 @@ def _cert(eps: float) -> dict[str, Any]:
             "exponent": 1.0, "kappa_end": 0.5, "init": "default"}
 
 
+#: MTL-IBP (De Palma et al. 2024) on `_cert(0.1)`'s schedule, from scratch: robust term 0.9·CE at a PGD-1 point +
+#: 0.1·IBP loss. Unlike IBP it keeps the field alive (measured on 500 held-out images: 31.6 % of the field's ReLU
+#: units active on some image, against 0 % for the IBP-trained `ode-cert-0.1`).
+_MTL_CERT = {**_cert(0.1), "loss": "mtl-ibp", "alpha": 0.9, "pgd_steps": 1}
+#: its second stage: `_cert(0.1)`'s IBP loss at full ε (a one-epoch ramp) for `_MTL_FT_EPOCHS` epochs, from the
+#: MTL-IBP model (the field stays alive: 30.4 % of the units).
+_MTL_FT_CERT = {**_cert(0.1), "warmup_epochs": 0, "ramp_epochs": 1}
+_MTL_FT_EPOCHS = 20
+
+
 PRESETS: dict[str, Preset] = {
     "ode": Preset(
         "ode", "ode", {"channels": 16, "field": "verifiable", "solver": _ODE_SOLVER},
@@ -139,6 +149,15 @@ PRESETS: dict[str, Preset] = {
         "`ode-cert-0.1`'s architecture deployed with GAINS's controlled adaptive dopri5 (atol 0.005, h0 0.5), "
         "fine-tuned from `ode-cert-0.1` with IBP through its trajectory graph at ε=0.11 (certified at 0.1 for that solver)",
         cert={**_cert(0.1), "warmup_epochs": 0, "ramp_epochs": 1}, init_from="ode-cert-0.1"),
+    "ode-cert-0.1-mtl": Preset(
+        "ode-cert-0.1-mtl", "ode", _CERT_ODE, _CERT_RECIPE,
+        "`ode-cert-0.1`'s architecture, MTL-IBP-trained at ε=0.11 (0.9·PGD-1 + 0.1·IBP; certified at 0.1): a live field",
+        cert=_MTL_CERT),
+    "ode-cert-0.1-mtl-ibp": Preset(
+        "ode-cert-0.1-mtl-ibp", "ode", _CERT_ODE, dataclasses.replace(_CERT_RECIPE, epochs=_MTL_FT_EPOCHS),
+        "`ode-cert-0.1-mtl` fine-tuned with IBP at ε=0.11 for 20 epochs (certified at 0.1): a live field that "
+        "IBP-certifies",
+        cert=_MTL_FT_CERT, init_from="ode-cert-0.1-mtl"),
     "resnet-cert-0.1": Preset(
         "resnet-cert-0.1", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False, "field": "verifiable",
                                  "head_hidden": 100},

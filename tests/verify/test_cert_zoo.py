@@ -11,7 +11,8 @@ from tests.verify._margin_attack import min_margins
 
 
 @pytest.mark.parametrize("name,eps", [("ode-cert-0.1", 0.1), ("resnet-cert-0.1", 0.1), ("resnet-s1-cert-0.1", 0.1),
-                                      ("ode-cert-0.1-wide", 0.1), ("ode-cert-0.3", 0.3)])
+                                      ("ode-cert-0.1-wide", 0.1), ("ode-cert-0.3", 0.3), ("ode-cert-0.1-mtl", 0.1),
+                                      ("ode-cert-0.1-mtl-ibp", 0.1)])
 def test_certified_zoo_models_are_certified_and_unbeaten(name, eps):
     x, y = load_dataset("mnist-t10k", "test")
     x, y = x[:3], y[:3]
@@ -23,3 +24,23 @@ def test_certified_zoo_models_are_certified_and_unbeaten(name, eps):
             attacked = min_margins(model, x[i:i + 1], int(y[i]), eps, "inf", steps=40, restarts=2)
             assert float((attacked - res.lower[i]).min()) >= -1e-5, (name, method, i)
     assert bool(res.certified.any())  # not vacuous: IBP-trained models certify at their ε
+
+
+@pytest.mark.parametrize("name", ["ode-cert-0.1-mtl", "ode-cert-0.1-mtl-ibp"])
+def test_mtl_ibp_trained_fields_are_alive(name):
+    from torch import nn
+
+    from models import SolverConfig
+
+    x, _ = load_dataset("mnist-t10k", "test")
+    x = x[:100]
+    model, _ = load_with_metadata(name)
+    act = []
+    handle = model.block.field.act.register_forward_hook(lambda _m, _i, out: act.append(out > 0))
+    with torch.no_grad():
+        base = model(x)
+    handle.remove()
+    assert isinstance(model.block.field.act, nn.ReLU) and float(torch.cat(act).any(0).float().mean()) > 0.1
+    model.block.solver = SolverConfig.fixed("rk4", 4, T=1.0)
+    with torch.no_grad():
+        assert float((model(x) - base).abs().max()) > 0.1  # a live field: the solver matters
