@@ -85,7 +85,9 @@ class AlphaCrown(Crown):
         intermediate_iterations: Adam steps per layer of intermediate bounds (0: CROWN's).
         lr, lr_decay: Adam's learning rate and its exponential decay per step.
         patience: stop a layer's (or the margins') optimisation after this many steps that
-            improve the summed bound by less than ``1e-4`` relative.
+            improve the summed bound by less than ``1e-4`` relative (auto_LiRPA stops only after
+            steps without any gain; on zoo `ode` this ends the margins' 20 steps about 4 early,
+            at most 0.001 lower per margin; ``patience=iterations`` runs every step).
         early_stop: stop as soon as every margin is positive (CROWN's included): the bound then
             certifies and a radius search needs no more. False runs every iteration, as
             auto_LiRPA does (to compare bounds).
