@@ -170,6 +170,10 @@ PRESETS: dict[str, Preset] = {
         _CERT_RECIPE,
         "ResNet matched to `ode-cert-0.1` (2 independent blocks, step s=1: the standard ResNet), same IBP recipe",
         cert=_cert(0.1)),
+    "resnet-cert-0.1-mtl": Preset(
+        "resnet-cert-0.1-mtl", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False,
+                                     "field": "verifiable", "head_hidden": 100},
+        _CERT_RECIPE, "`resnet-cert-0.1`'s architecture with `ode-cert-0.1-mtl`'s MTL-IBP recipe", cert=_MTL_CERT),
     "lenet5-cert-0.1": Preset(
         "lenet5-cert-0.1", "lenet5", {}, _CERT_RECIPE_COSINE,
         "LeNet-5 (ReLU, max-pool), IBP-trained at ε=0.11 (certified at 0.1), the first recipe (cosine lr, smooth ramp)",
