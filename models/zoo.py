@@ -174,6 +174,12 @@ PRESETS: dict[str, Preset] = {
         "resnet-cert-0.1-mtl", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False,
                                      "field": "verifiable", "head_hidden": 100},
         _CERT_RECIPE, "`resnet-cert-0.1`'s architecture with `ode-cert-0.1-mtl`'s MTL-IBP recipe", cert=_MTL_CERT),
+    "resnet-cert-0.1-mtl-ibp": Preset(
+        "resnet-cert-0.1-mtl-ibp", "resnet", {"channels": 16, "n_blocks": 2, "step": 0.5, "tied": False,
+                                         "field": "verifiable", "head_hidden": 100},
+        dataclasses.replace(_CERT_RECIPE, epochs=_MTL_FT_EPOCHS),
+        "`resnet-cert-0.1-mtl` fine-tuned with IBP like `ode-cert-0.1-mtl-ibp` (20 epochs at ε=0.11; certified at 0.1)",
+        cert=_MTL_FT_CERT, init_from="resnet-cert-0.1-mtl"),
     "lenet5-cert-0.1": Preset(
         "lenet5-cert-0.1", "lenet5", {}, _CERT_RECIPE_COSINE,
         "LeNet-5 (ReLU, max-pool), IBP-trained at ε=0.11 (certified at 0.1), the first recipe (cosine lr, smooth ramp)",

@@ -12,7 +12,8 @@ from tests.verify._margin_attack import min_margins
 
 @pytest.mark.parametrize("name,eps", [("ode-cert-0.1", 0.1), ("resnet-cert-0.1", 0.1), ("resnet-s1-cert-0.1", 0.1),
                                       ("ode-cert-0.1-wide", 0.1), ("ode-cert-0.3", 0.3), ("ode-cert-0.1-mtl", 0.1),
-                                      ("ode-cert-0.1-mtl-ibp", 0.1), ("resnet-cert-0.1-mtl", 0.1)])
+                                      ("ode-cert-0.1-mtl-ibp", 0.1), ("resnet-cert-0.1-mtl", 0.1),
+                                      ("resnet-cert-0.1-mtl-ibp", 0.1)])
 def test_certified_zoo_models_are_certified_and_unbeaten(name, eps):
     x, y = load_dataset("mnist-t10k", "test")
     x, y = x[:3], y[:3]
