@@ -17,10 +17,10 @@ from torch import nn
 BATCH = 250
 
 
-def field_activity(model: nn.Module, x: torch.Tensor, batch: int = BATCH) -> dict[str, float]:
-    """Per ReLU module of the model's field (modules whose qualified name contains ``field``), the
-    fraction of its units that are active (> 0) on at least one image of ``x`` at any evaluation
-    of the field (every solver stage and step counts).
+def field_usage(model: nn.Module, x: torch.Tensor, batch: int = BATCH) -> dict[str, dict[str, float]]:
+    """Per ReLU module of the model's field (modules whose qualified name contains ``field``): how
+    many of its units are alive and how often they fire, over every evaluation of the field (every
+    solver stage and step counts).
 
     Args:
         model: any module; the model is run on ``x`` in chunks of ``batch`` images, without gradients.
@@ -28,19 +28,26 @@ def field_activity(model: nn.Module, x: torch.Tensor, batch: int = BATCH) -> dic
         batch: images per forward pass.
 
     Returns:
-        ``{module name: fraction in [0, 1]}``; empty for a model without a field ReLU.
+        ``{module name: {"alive": a, "mean_active": m, "units": u}}``: ``a`` the fraction of the
+        module's ``u`` units active (> 0) on at least one image at some evaluation, ``m`` the
+        fraction of units active averaged over images and evaluations; empty for a model without
+        a field ReLU.
 
     Raises:
         ValueError: ``batch`` is not positive.
     """
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
-    seen: dict[str, torch.Tensor] = {}
+    alive: dict[str, torch.Tensor] = {}
+    fired: dict[str, list[float]] = {}
 
     def hook(name: str) -> Any:
         def record(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-            act = (out > 0).flatten(1).any(0)
-            seen[name] = act if name not in seen else seen[name] | act
+            act = (out > 0).flatten(1)
+            alive[name] = act.any(0) if name not in alive else alive[name] | act.any(0)
+            total = fired.setdefault(name, [0.0, 0.0])
+            total[0] += float(act.sum())
+            total[1] += act.numel()
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
@@ -52,7 +59,26 @@ def field_activity(model: nn.Module, x: torch.Tensor, batch: int = BATCH) -> dic
     finally:
         for h in handles:
             h.remove()
-    return {n: float(a.float().mean()) for n, a in seen.items()}
+    return {n: {"alive": float(a.float().mean()), "mean_active": fired[n][0] / fired[n][1], "units": int(a.numel())}
+            for n, a in alive.items()}
 
 
-__all__ = ["BATCH", "field_activity"]
+def field_activity(model: nn.Module, x: torch.Tensor, batch: int = BATCH) -> dict[str, float]:
+    """Per ReLU module of the model's field, the fraction of its units alive: active (> 0) on at
+    least one image of ``x`` at some evaluation (``field_usage``'s ``alive``).
+
+    Args:
+        model: any module, run on ``x`` in chunks of ``batch`` images.
+        x: a batch of inputs.
+        batch: images per forward pass.
+
+    Returns:
+        ``{module name: fraction in [0, 1]}``; empty for a model without a field ReLU.
+
+    Raises:
+        ValueError: ``batch`` is not positive.
+    """
+    return {n: u["alive"] for n, u in field_usage(model, x, batch).items()}
+
+
+__all__ = ["BATCH", "field_activity", "field_usage"]

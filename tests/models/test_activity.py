@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import ODENet, SolverConfig
-from models.activity import field_activity
+from models.activity import field_activity, field_usage
 
 
 class _Net(torch.nn.Module):
@@ -56,3 +56,11 @@ def test_every_solver_evaluation_counts() -> None:
 def test_bad_batch() -> None:
     with pytest.raises(ValueError, match="batch must be positive"):
         field_activity(_Net(), torch.zeros(1, 2), batch=0)
+
+
+def test_usage_counts_firing_frequency() -> None:
+    net = _Net()
+    x = torch.tensor([[0.0, 0.0], [0.5, 0.0], [2.0, 0.0]])
+    # 3 images x 4 units: unit 1 fires on all three, unit 2 on the third image only: 4 of 12
+    usage = field_usage(net, x, batch=2)
+    assert usage == {"field.1": {"alive": 0.5, "mean_active": pytest.approx(4 / 12), "units": 4}}
