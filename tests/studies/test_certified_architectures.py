@@ -51,6 +51,12 @@ def test_outputs_and_per_image_soundness(quick_run: tuple[StudyReport, Path]) ->
         assert all(a <= b for a, b in zip(hi, lo))
     assert any(cells["ode-cert-0.1/ibp/eps0.1/n12"]["certified"])  # the IBP-trained ODE-net certifies at 0.1
     assert all(v["violations"] == 0 for name, _ in ca.MODELS for v in report.data[name]["eps"].values())
+    # one comparison family per recipe: the dead-field IBP ODE-net and the live-field one
+    recipes = {r["recipe"]: r for r in report.data["comparison"]}
+    assert set(recipes) == {recipe for recipe, _, _ in ca.COMPARISONS}
+    assert report.data["ode-cert-0.1"]["field_activity"] == {"block.field.act": 0.0}
+    assert report.data["ode-cert-0.1-mtl-ibp"]["field_activity"]["block.field.act"] > 0.05
+    assert sum(r["recipe"] == ca.COMPARISONS[1][0] for r in report.data["comparison"]) == 2  # one ResNet x 2 eps
 
 
 def test_growth_bound_is_the_euler_formula(quick_run: tuple[StudyReport, Path]) -> None:
