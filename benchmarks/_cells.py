@@ -38,6 +38,13 @@ def resumable_cells(path: Path, key_fields: Sequence[str], keys: Iterable[tuple[
     return rows
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table: one header row, its separator, one line per row (cells as given, str()-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_results(results: Path, tag: str, args: argparse.Namespace, rows: list[dict[str, Any]],
                   markdown: Callable[[list[dict[str, Any]]], str]) -> None:
     """Write ``<tag>.json`` (rows and run metadata) and ``<tag>.md``, and print the markdown."""

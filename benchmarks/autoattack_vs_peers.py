@@ -46,7 +46,7 @@ from attacks import APGD, APGDT, FABT, AutoAttack, Square
 from models.data import load_dataset
 from models.zoo import load
 
-from ._cells import read_cells, resumable_cells, write_results
+from ._cells import markdown_table, read_cells, resumable_cells, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ATTACKS = ("apgd", "apgd-t", "fab-t", "square", "autoattack")
@@ -196,29 +196,25 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _markdown_paired(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | ε (L∞) | attack | n | robust acc. ours | robust acc. torchattacks | "
-             "points above (± s.e.) | robust for ours only / theirs only | CPU s ours | CPU s torchattacks | CPU time ratio | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        o, t = r["ours"], r["torchattacks"]
-        lines.append(f"| {r['model']} | {r['eps']:g} | {r['attack']} | {r['n']} | {100 * o['robust_accuracy']:.1f}% | "
-                     f"{100 * t['robust_accuracy']:.1f}% | {r['points_above_theirs']:+.1f} ± {r['points_se']:.1f} | "
-                     f"{r['ours_only_robust']} / {r['theirs_only_robust']} | {o['cpu_seconds']:.1f} | "
-                     f"{t['cpu_seconds']:.1f} | {r['time_ratio']:.2f} | {'yes' if r['meets_targets'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        ("model", "ε (L∞)", "attack", "n", "robust acc. ours", "robust acc. torchattacks", "points above (± s.e.)",
+         "robust for ours only / theirs only", "CPU s ours", "CPU s torchattacks", "CPU time ratio", "targets met"),
+        ((r["model"], f"{r['eps']:g}", r["attack"], r["n"], f"{100 * r['ours']['robust_accuracy']:.1f}%",
+          f"{100 * r['torchattacks']['robust_accuracy']:.1f}%", f"{r['points_above_theirs']:+.1f} ± {r['points_se']:.1f}",
+          f"{r['ours_only_robust']} / {r['theirs_only_robust']}", f"{r['ours']['cpu_seconds']:.1f}",
+          f"{r['torchattacks']['cpu_seconds']:.1f}", f"{r['time_ratio']:.2f}", "yes" if r["meets_targets"] else "no")
+         for r in rows))
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | ε (L∞) | attack | n | robust acc. ours | robust acc. torchattacks | points above | "
-             "CPU s ours | CPU s torchattacks | CPU time ratio | wall ratio | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        o, t = r["ours"], r["torchattacks"]
-        lines.append(f"| {r['model']} | {r['eps']:g} | {r['attack']} | {r['n']} | {100 * o['robust_accuracy']:.1f}% | "
-                     f"{100 * t['robust_accuracy']:.1f}% | {r['points_above_theirs']:+.1f} | {o['cpu_seconds']:.1f} | "
-                     f"{t['cpu_seconds']:.1f} | {r['time_ratio']:.2f} | {r['wall_ratio']:.2f} | "
-                     f"{'yes' if r['meets_targets'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        ("model", "ε (L∞)", "attack", "n", "robust acc. ours", "robust acc. torchattacks", "points above",
+         "CPU s ours", "CPU s torchattacks", "CPU time ratio", "wall ratio", "targets met"),
+        ((r["model"], f"{r['eps']:g}", r["attack"], r["n"], f"{100 * r['ours']['robust_accuracy']:.1f}%",
+          f"{100 * r['torchattacks']['robust_accuracy']:.1f}%", f"{r['points_above_theirs']:+.1f}",
+          f"{r['ours']['cpu_seconds']:.1f}", f"{r['torchattacks']['cpu_seconds']:.1f}", f"{r['time_ratio']:.2f}",
+          f"{r['wall_ratio']:.2f}", "yes" if r["meets_targets"] else "no")
+         for r in rows))
 
 
 def build_parser() -> argparse.ArgumentParser:

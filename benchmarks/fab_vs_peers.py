@@ -25,7 +25,7 @@ from attacks import FAB
 from models.data import load_dataset
 from models.zoo import load
 
-from ._cells import resumable_cells, write_results
+from ._cells import markdown_table, resumable_cells, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: torchattacks' ε for an unbounded run: farther than any two points of [0, 1]^784 in either norm.
@@ -74,18 +74,15 @@ def bench_cell(name: str, norm: str, n: int, steps: int) -> dict[str, Any]:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | norm | n | success ours | success torchattacks | median ‖δ‖ ours | "
-             "median ‖δ‖ torchattacks | median ratio | ours shorter / theirs shorter (>0.1 %) | CPU s ours | "
-             "CPU s torchattacks | CPU ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        o, t = r["ours"], r["torchattacks"]
-        lines.append(f"| {r['model']} | L{r['norm']} | {r['n']} | {100 * o['success_rate']:.1f}% | "
-                     f"{100 * t['success_rate']:.1f}% | {o['median_norm_both_broken']:.4f} | "
-                     f"{t['median_norm_both_broken']:.4f} | {r['median_ratio']:.4f} | "
-                     f"{r['ours_shorter']} / {r['theirs_shorter']} | {o['cpu_seconds']:.1f} | "
-                     f"{t['cpu_seconds']:.1f} | {r['time_ratio']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        ("model", "norm", "n", "success ours", "success torchattacks", "median ‖δ‖ ours", "median ‖δ‖ torchattacks",
+         "median ratio", "ours shorter / theirs shorter (>0.1 %)", "CPU s ours", "CPU s torchattacks", "CPU ratio"),
+        ((r["model"], f"L{r['norm']}", r["n"], f"{100 * r['ours']['success_rate']:.1f}%",
+          f"{100 * r['torchattacks']['success_rate']:.1f}%", f"{r['ours']['median_norm_both_broken']:.4f}",
+          f"{r['torchattacks']['median_norm_both_broken']:.4f}", f"{r['median_ratio']:.4f}",
+          f"{r['ours_shorter']} / {r['theirs_shorter']}", f"{r['ours']['cpu_seconds']:.1f}",
+          f"{r['torchattacks']['cpu_seconds']:.1f}", f"{r['time_ratio']:.2f}")
+         for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:
