@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "live_field"))
     args = p.parse_args(argv)
     if args.n < 1 or args.eps <= 0:
-        p.error("--n must be positive and --eps > 0")
+        print(f"error: --n must be positive and --eps > 0, got --n {args.n} --eps {args.eps:g}", file=sys.stderr)
+        return 2
+    for spec in args.models:
+        try:
+            resolve(spec)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            print(f"error: {spec}: {e}", file=sys.stderr)
+            return 2
     torch.set_num_threads(1)
     out = Path(args.out)
     jsonl = out.with_suffix(".jsonl")

@@ -26,3 +26,10 @@ def test_dead_and_live_fields(tmp_path: Path) -> None:
     assert live_field.main(["ode-cert-0.1", "ode-cert-0.1-mtl", "--n", "6", "--out", str(out)]) == 0
     assert out.with_suffix(".jsonl").stat().st_mtime_ns == mtime  # resumed: nothing recomputed
     assert "ode-cert-0.1-mtl" in out.with_suffix(".md").read_text()
+
+
+def test_bad_input_is_one_line(capsys) -> None:
+    assert live_field.main(["ode-cert-0.1", "--n", "0"]) == 2
+    assert live_field.main(["no-such-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("error: --n") and "no-such-model" in err[1]
