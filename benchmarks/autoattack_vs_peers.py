@@ -195,26 +195,24 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _markdown_paired(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        ("model", "ε (L∞)", "attack", "n", "robust acc. ours", "robust acc. torchattacks", "points above (± s.e.)",
-         "robust for ours only / theirs only", "CPU s ours", "CPU s torchattacks", "CPU time ratio", "targets met"),
-        ((r["model"], f"{r['eps']:g}", r["attack"], r["n"], f"{100 * r['ours']['robust_accuracy']:.1f}%",
-          f"{100 * r['torchattacks']['robust_accuracy']:.1f}%", f"{r['points_above_theirs']:+.1f} ± {r['points_se']:.1f}",
-          f"{r['ours_only_robust']} / {r['theirs_only_robust']}", f"{r['ours']['cpu_seconds']:.1f}",
-          f"{r['torchattacks']['cpu_seconds']:.1f}", f"{r['time_ratio']:.2f}", "yes" if r["meets_targets"] else "no")
-         for r in rows))
-
-
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        ("model", "ε (L∞)", "attack", "n", "robust acc. ours", "robust acc. torchattacks", "points above",
-         "CPU s ours", "CPU s torchattacks", "CPU time ratio", "wall ratio", "targets met"),
-        ((r["model"], f"{r['eps']:g}", r["attack"], r["n"], f"{100 * r['ours']['robust_accuracy']:.1f}%",
-          f"{100 * r['torchattacks']['robust_accuracy']:.1f}%", f"{r['points_above_theirs']:+.1f}",
-          f"{r['ours']['cpu_seconds']:.1f}", f"{r['torchattacks']['cpu_seconds']:.1f}", f"{r['time_ratio']:.2f}",
-          f"{r['wall_ratio']:.2f}", "yes" if r["meets_targets"] else "no")
-         for r in rows))
+    """The result table; rows of ranged (``--chunk``) runs carry the paired columns, the others a wall ratio."""
+    paired = bool(rows) and "points_se" in rows[0]
+    header = ["model", "ε (L∞)", "attack", "n", "robust acc. ours", "robust acc. torchattacks"]
+    header += (["points above (± s.e.)", "robust for ours only / theirs only"] if paired else ["points above"])
+    header += ["CPU s ours", "CPU s torchattacks", "CPU time ratio"] + ([] if paired else ["wall ratio"])
+    lines = []
+    for r in rows:
+        o, t = r["ours"], r["torchattacks"]
+        cells = [r["model"], f"{r['eps']:g}", r["attack"], r["n"], f"{100 * o['robust_accuracy']:.1f}%",
+                 f"{100 * t['robust_accuracy']:.1f}%"]
+        cells += ([f"{r['points_above_theirs']:+.1f} ± {r['points_se']:.1f}",
+                   f"{r['ours_only_robust']} / {r['theirs_only_robust']}"] if paired
+                  else [f"{r['points_above_theirs']:+.1f}"])
+        cells += [f"{o['cpu_seconds']:.1f}", f"{t['cpu_seconds']:.1f}", f"{r['time_ratio']:.2f}"]
+        cells += ([] if paired else [f"{r['wall_ratio']:.2f}"]) + ["yes" if r["meets_targets"] else "no"]
+        lines.append(cells)
+    return markdown_table(header + ["targets met"], lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,7 +257,7 @@ def _main_chunked(args: argparse.Namespace) -> int:
         keys = [(name, attack, start, min(start + args.chunk, args.n), args.steps, args.queries)
                 for start in range(0, args.n, args.chunk) for name in args.models for attack in args.attacks]
         resumable_cells(path, ("model", "attack", "start", "stop", "steps", "queries"), keys, bench_chunk)
-    write_results(RESULTS, args.tag, args, aggregate(read_cells(path)), _markdown_paired)
+    write_results(RESULTS, args.tag, args, aggregate(read_cells(path)), _markdown)
     return 0
 
 

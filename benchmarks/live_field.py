@@ -79,9 +79,9 @@ def solver_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> di
     return out
 
 
-def measure(spec: str, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, restarts: int) -> dict[str, Any]:
-    """Every figure of one model."""
-    model, meta = resolve(spec)
+def measure(spec: str, model: nn.Module, meta: dict[str, Any], x: torch.Tensor, y: torch.Tensor, eps: float,
+            steps: int, restarts: int) -> dict[str, Any]:
+    """Every figure of one model (``spec`` its name, ``meta`` its checkpoint metadata)."""
     model.eval()
     clean, ibp, crown, pgd = [], [], [], []
     secs = {"ibp": 0.0, "crown": 0.0, "pgd": 0.0}
@@ -171,21 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.eps <= 0:
         print(f"error: --n must be positive and --eps > 0, got --n {args.n} --eps {args.eps:g}", file=sys.stderr)
         return 2
-    for spec in args.models:
-        try:
-            resolve(spec)
-        except (KeyError, ValueError, FileNotFoundError) as e:
-            print(f"error: {spec}: {e}", file=sys.stderr)
-            return 2
     torch.set_num_threads(1)
     out = Path(args.out)
     jsonl = out.with_suffix(".jsonl")
     rows = {(r["model"], r["eps"], r["n"]): r for r in map(json.loads, jsonl.read_text().splitlines()) if r} \
         if jsonl.exists() else {}
-    x, y = load_dataset("mnist-t10k", "test", n=args.n)
+    todo = {}
     for spec in args.models:
+        try:
+            todo[spec] = resolve(spec)  # every name checked before any work
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            print(f"error: {spec}: {e}", file=sys.stderr)
+            return 2
+    x, y = load_dataset("mnist-t10k", "test", n=args.n)
+    for spec, (model, meta) in todo.items():
         if (spec, args.eps, args.n) not in rows:
-            rows[(spec, args.eps, args.n)] = r = measure(spec, x, y, args.eps, args.steps, args.restarts)
+            rows[(spec, args.eps, args.n)] = r = measure(spec, model, meta, x, y, args.eps, args.steps, args.restarts)
             with jsonl.open("a") as f:
                 f.write(json.dumps(r) + "\n")
     chosen = [rows[(spec, args.eps, args.n)] for spec in args.models]
