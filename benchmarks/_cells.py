@@ -23,10 +23,13 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
 
 
 def resumable_cells(path: Path, key_fields: Sequence[str], keys: Iterable[tuple[Any, ...]],
-                    compute: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+                    compute: Callable[..., dict[str, Any]], defaults: dict[str, Any] | None = None
+                    ) -> list[dict[str, Any]]:
     """The cell of every key in ``keys``: read from ``path`` if already there, else ``compute(*key)``
-    (appended to ``path`` and printed as soon as it is done)."""
-    done = {tuple(r[k] for k in key_fields): r for r in read_cells(path)}
+    (appended to ``path`` and printed as soon as it is done). ``defaults`` gives the value of a key
+    field that older cells lack."""
+    defaults = defaults or {}
+    done = {tuple(r[k] if k in r else defaults[k] for k in key_fields): r for r in read_cells(path)}
     rows = []
     for key in keys:
         if key not in done:

@@ -133,28 +133,15 @@ class _Referenced:
         self.reference_cpu_seconds = 0.0
 
     def margins(self, x: Any, eps: Any, C: Any) -> Any:
-        """auto_LiRPA's CROWN, then its α-CROWN with those bounds as reference (same node names).
-
-        Raises:
-            RuntimeError: the two traced modules name their nodes differently.
-        """
+        """auto_LiRPA's CROWN, then its α-CROWN with those bounds as reference."""
         import torch
 
         cpu = time.process_time()
         with torch.no_grad():
             self.crown.margins(x, eps, C)
         reference = self.crown.reference()
-        missing = [k for k in reference.bounds if k not in self.alpha.bounded_module._modules]
-        if missing or not reference.bounds:
-            raise RuntimeError(f"auto_LiRPA's CROWN reference does not match its α-CROWN module: {missing[:3]}")
         self.reference_cpu_seconds = time.process_time() - cpu
-        if not self.fixed:
-            return self.alpha.margins(x, eps, C, reference)
-        with torch.enable_grad():
-            lower, _ = self.alpha.bounded_module.compute_bounds(
-                x=(self.alpha._input(x, eps),), C=C, method="CROWN-Optimized", bound_upper=False,
-                intermediate_layer_bounds=reference.bounds, aux_reference_bounds=reference.bounds)
-        return lower.detach()
+        return self.alpha.margins(x, eps, C, reference, fixed_intermediate=self.fixed)
 
 
 def _version(row: dict) -> tuple | None:

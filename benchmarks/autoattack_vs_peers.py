@@ -59,37 +59,37 @@ def eps_for(model: str) -> float:
     return 0.3 if model.endswith("-adv") else 0.1
 
 
-def _sides(model: nn.Module, attack: str, eps: float, steps: int, queries: int
+def _sides(model: nn.Module, attack: str, eps: float, steps: int, queries: int, seed: int = 0
            ) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """``{"ours": f, "torchattacks": g}``: functions (x, y) -> adversarial points."""
+    """``{"ours": f, "torchattacks": g}``: functions (x, y) -> adversarial points, both sides seeded with ``seed``."""
     import torchattacks as ta
 
     if attack == "apgd":
-        return {"ours": lambda x, y: APGD(model, eps, steps=steps, seed=0)(x, y).x_adv,
+        return {"ours": lambda x, y: APGD(model, eps, steps=steps, seed=seed)(x, y).x_adv,
                 "torchattacks": lambda x, y: ta.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce",
-                                                     seed=0)(x, y)}
+                                                     seed=seed)(x, y)}
     if attack == "apgd-t":
-        return {"ours": lambda x, y: APGDT(model, eps, steps=steps, targets=9, seed=0)(x, y).x_adv,
+        return {"ours": lambda x, y: APGDT(model, eps, steps=steps, targets=9, seed=seed)(x, y).x_adv,
                 "torchattacks": lambda x, y: ta.APGDT(model, eps=eps, steps=steps, n_restarts=1, n_classes=10,
-                                                      seed=0)(x, y)}
+                                                      seed=seed)(x, y)}
     if attack == "fab-t":
-        return {"ours": lambda x, y: FABT(model, eps, steps=steps, targets=9, seed=0)(x, y).x_adv,
+        return {"ours": lambda x, y: FABT(model, eps, steps=steps, targets=9, seed=seed)(x, y).x_adv,
                 "torchattacks": lambda x, y: ta.FAB(model, eps=eps, norm="Linf", steps=steps, n_restarts=1,
-                                                    multi_targeted=True, n_classes=10, seed=0)(x, y)}
+                                                    multi_targeted=True, n_classes=10, seed=seed)(x, y)}
     if attack == "square":
-        return {"ours": lambda x, y: Square(model, eps, queries=queries, seed=0)(x, y).x_adv,
+        return {"ours": lambda x, y: Square(model, eps, queries=queries, seed=seed)(x, y).x_adv,
                 "torchattacks": lambda x, y: ta.Square(model, eps=eps, n_queries=queries, n_restarts=1,
-                                                       p_init=0.8, seed=0)(x, y)}
+                                                       p_init=0.8, seed=seed)(x, y)}
 
     def theirs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        members = [ta.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0),
-                   ta.APGDT(model, eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=0),
+        members = [ta.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
+                   ta.APGDT(model, eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=seed),
                    ta.FAB(model, eps=eps, norm="Linf", steps=steps, multi_targeted=True, n_classes=10,
-                          n_restarts=1, seed=0),
-                   ta.Square(model, eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, seed=0)]
+                          n_restarts=1, seed=seed),
+                   ta.Square(model, eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, seed=seed)]
         return ta.MultiAttack(members)(x, y)
 
-    return {"ours": lambda x, y: AutoAttack(model, eps, steps=steps, queries=queries, seed=0)(x, y).x_adv,
+    return {"ours": lambda x, y: AutoAttack(model, eps, steps=steps, queries=queries, seed=seed)(x, y).x_adv,
             "torchattacks": theirs}
 
 
@@ -102,10 +102,10 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor
 
 
 def _run_sides(model: nn.Module, attack: str, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-               queries: int) -> dict[str, tuple[float, float, torch.Tensor]]:
+               queries: int, seed: int = 0) -> dict[str, tuple[float, float, torch.Tensor]]:
     """``{side: (wall seconds, CPU seconds, adversarial points)}``, ours first, then theirs."""
     out = {}
-    for side, fn in _sides(model, attack, eps, steps, queries).items():
+    for side, fn in _sides(model, attack, eps, steps, queries, seed).items():
         t, cpu = time.perf_counter(), time.process_time()
         adv = fn(x, y).detach()
         out[side] = (time.perf_counter() - t, time.process_time() - cpu, adv)
@@ -132,9 +132,10 @@ def bench_cell(name: str, attack: str, n: int, steps: int, queries: int) -> dict
     return out
 
 
-def bench_chunk(name: str, attack: str, start: int, stop: int, steps: int, queries: int) -> dict[str, Any]:
+def bench_chunk(name: str, attack: str, start: int, stop: int, steps: int, queries: int, seed: int = 0
+                ) -> dict[str, Any]:
     """One range cell: both sides on held-out images ``start`` .. ``stop - 1``, with per-image verdicts
-    (``"1"`` robust, ``"0"`` broken or misclassified)."""
+    (``"1"`` robust, ``"0"`` broken or misclassified); both sides' random draws seeded with ``seed``."""
     model = load(name).eval()
     x, y = load_dataset("mnist-t10k", "test", n=stop)
     x, y = x[start:], y[start:]
@@ -142,8 +143,8 @@ def bench_chunk(name: str, attack: str, start: int, stop: int, steps: int, queri
     with torch.no_grad():
         clean = int((model(x).argmax(1) == y).sum())
     out: dict[str, Any] = {"model": name, "attack": attack, "start": start, "stop": stop, "eps": eps, "norm": "inf",
-                           "steps": steps, "queries": queries, "clean": clean}
-    for side, (seconds, cpu, adv) in _run_sides(model, attack, x, y, eps, steps, queries).items():
+                           "steps": steps, "queries": queries, "seed": seed, "clean": clean}
+    for side, (seconds, cpu, adv) in _run_sides(model, attack, x, y, eps, steps, queries, seed).items():
         with torch.no_grad():
             robust = model(adv).argmax(1) == y
         linf = float((adv - x).flatten(1).abs().amax(dim=1).max())
@@ -161,7 +162,7 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
     for c in cells:
-        groups.setdefault((c["model"], c["attack"], c["steps"], c["queries"]), {})[c["start"]] = c
+        groups.setdefault((c["model"], c["attack"], c["steps"], c["queries"], c.get("seed", 0)), {})[c["start"]] = c
     rows = []
     for by_start in groups.values():
         chain, start = [], 0
@@ -172,7 +173,7 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         first = chain[0]
         row: dict[str, Any] = {k: first[k] for k in ("model", "attack", "eps", "norm", "steps", "queries")}
-        row.update(n=start, clean_accuracy=sum(c["clean"] for c in chain) / start)
+        row.update(n=start, seed=first.get("seed", 0), clean_accuracy=sum(c["clean"] for c in chain) / start)
         flags = {}
         for side in ("ours", "torchattacks"):
             flags[side] = "".join(c[side]["robust"] for c in chain)
@@ -204,7 +205,8 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         o, t = r["ours"], r["torchattacks"]
-        cells = [r["model"], f"{r['eps']:g}", r["attack"], r["n"], f"{100 * o['robust_accuracy']:.1f}%",
+        attack = r["attack"] + (f" (seed {r['seed']})" if r.get("seed", 0) else "")
+        cells = [r["model"], f"{r['eps']:g}", attack, r["n"], f"{100 * o['robust_accuracy']:.1f}%",
                  f"{100 * t['robust_accuracy']:.1f}%"]
         cells += ([f"{r['points_above_theirs']:+.1f} ± {r['points_se']:.1f}",
                    f"{r['ours_only_robust']} / {r['theirs_only_robust']}"] if paired
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cells of this many images, aggregated per (model, attack)")
     parser.add_argument("--collect", action="store_true", default=argparse.SUPPRESS,
                         help="with --chunk: only aggregate the finished cells of <tag>.jsonl")
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                        help="with --chunk: seed of both sides' random draws (default 0; rows per seed)")
     return parser
 
 
@@ -238,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if hasattr(args, "seed") and (not hasattr(args, "chunk") or args.seed < 0):
+        print(f"error: --seed needs --chunk and must be >= 0, got --seed {args.seed}"
+              + ("" if hasattr(args, "chunk") else " without --chunk"), file=sys.stderr)
+        return 2
     if hasattr(args, "chunk"):
         return _main_chunked(args)
     keys = [(name, attack, args.n, args.steps, args.queries) for name in args.models for attack in args.attacks]
@@ -254,9 +262,12 @@ def _main_chunked(args: argparse.Namespace) -> int:
     path = RESULTS / f"{args.tag}.jsonl"
     if not getattr(args, "collect", False):
         # range-major: an interrupted run has covered the same images for every model and attack
-        keys = [(name, attack, start, min(start + args.chunk, args.n), args.steps, args.queries)
+        seed = getattr(args, "seed", 0)
+        keys = [(name, attack, start, min(start + args.chunk, args.n), args.steps, args.queries, seed)
                 for start in range(0, args.n, args.chunk) for name in args.models for attack in args.attacks]
-        resumable_cells(path, ("model", "attack", "start", "stop", "steps", "queries"), keys, bench_chunk)
+        # cells written before --seed existed were seeded with 0
+        resumable_cells(path, ("model", "attack", "start", "stop", "steps", "queries", "seed"), keys, bench_chunk,
+                        defaults={"seed": 0})
     write_results(RESULTS, args.tag, args, aggregate(read_cells(path)), _markdown)
     return 0
 

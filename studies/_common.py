@@ -290,6 +290,14 @@ def figure_path(ctx: StudyContext, stem: str) -> tuple[Path, str]:
     return ctx.out / rel, rel
 
 
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
+    """(mean(a) − mean(b), paired standard error √(b' + c' − (b' − c')²/n)/n) on the same images."""
+    n = len(a)
+    only_a = sum(1 for u, v in zip(a, b) if u and not v)
+    only_b = sum(1 for u, v in zip(a, b) if v and not u)
+    return (only_a - only_b) / n, math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
+
+
 def mean(values: Sequence[float]) -> float | None:
     """Arithmetic mean, None for an empty sequence."""
     return float(sum(values) / len(values)) if values else None

@@ -57,7 +57,7 @@ from models.data import load_dataset
 from models.zoo import PRESETS
 from verify import certify
 
-from ._common import StudyContext, StudyReport, Table, figure_path
+from ._common import StudyContext, StudyReport, Table, figure_path, paired_difference
 
 NAME = "certified-architectures"
 SEED = "003_b41ec24123f49e8e vs 000_581e31f95ddba4b5"
@@ -171,14 +171,6 @@ def proportion(k: int, n: int) -> tuple[float, float]:
     """(k/n, its binomial standard error √(p(1−p)/n))."""
     p = k / n
     return p, math.sqrt(p * (1 - p) / n)
-
-
-def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
-    """(mean(a) − mean(b), paired standard error √(b' + c' − (b' − c')²/n)/n) on the same images."""
-    n = len(a)
-    only_a = sum(1 for u, v in zip(a, b) if u and not v)
-    only_b = sum(1 for u, v in zip(a, b) if v and not u)
-    return (only_a - only_b) / n, math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
 
 
 def crown_n(plan: dict[str, Any], name: str) -> int:

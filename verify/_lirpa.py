@@ -154,14 +154,33 @@ class Lirpa:
         return lirpa.BoundedTensor(x, ptb)
 
     def margins(self, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor,
-                reference: Reference | None = None) -> torch.Tensor:
+                reference: Reference | None = None, fixed_intermediate: bool = False) -> torch.Tensor:
+        """Lower bounds (N, K') of ``C·f`` over the ball.
+
+        Args:
+            x, eps, C: the batch, its radii (N,) and the specification (N, K', K).
+            reference: bounds of the same ball from another of this engine's calls (its CROWN, say),
+                passed to auto_LiRPA as ``aux_reference_bounds`` (a node's bound is the tighter of the two).
+            fixed_intermediate: also take the reference as the fixed intermediate bounds
+                (``intermediate_layer_bounds``): α-CROWN then optimises the margins' slopes only.
+
+        Raises:
+            CertifyError: a batch of another size than traced; ``fixed_intermediate`` without a
+                reference of this engine, or with node names this traced module lacks.
+        """
         if x.shape[0] != self.batch_size:
             raise CertifyError(f"this certifier was traced for batches of {self.batch_size}, got {x.shape[0]}")
         kwargs: dict[str, Any] = {"C": C, "method": LIRPA_METHODS[self.method], "bound_upper": False}
         ref = _own(reference, self.name)
+        bm = self.bounded_module
+        if fixed_intermediate:
+            missing = [k for k in (ref or {}) if k not in bm._modules]
+            if not ref or missing:
+                raise CertifyError("fixed intermediate bounds need a reference from this engine on the same "
+                                   f"traced model (missing nodes: {missing[:3]})")
+            kwargs["intermediate_layer_bounds"] = ref
         if ref:
             kwargs["aux_reference_bounds"] = ref
-        bm = self.bounded_module
         grad = contextlib.nullcontext() if self.method == "alpha-crown" else torch.no_grad()
         with _in_auto_lirpa(), grad:
             lower, _ = bm.compute_bounds(x=(self._input(x, eps),), **kwargs)

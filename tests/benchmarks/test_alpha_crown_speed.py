@@ -13,7 +13,7 @@ from torch import nn
 
 from benchmarks.alpha_crown_speed import _Exact, _Referenced
 from models import ODENet, SolverConfig
-from verify import Certifier, lower, spec_matrix
+from verify import Certifier, CertifyError, lower, spec_matrix
 from verify._alpha import ITERATIONS, AlphaCrown
 from verify._dense_graph import DenseGraph
 
@@ -55,3 +55,17 @@ def test_fixed_intermediate_margins_equal_auto_lirpa(make):
         patient = AlphaCrown(DenseGraph.from_lowered(ir), "inf", ITERATIONS, 0, early_stop=False)
         assert bool((patient.margins(x[0], eps, C[0]) <= ours + 1e-6).all())
     assert moved  # the margins' slopes were optimised, not left at CROWN's
+
+
+def test_fixed_intermediate_bounds_need_this_engines_reference():
+    from verify.engines import Reference
+
+    net = _mlp()
+    x = torch.rand(1, 1, 8, 8)
+    C = spec_matrix(net(x).argmax(1), 10)
+    alpha = Certifier(net, "inf", "alpha-crown", engine="auto_lirpa").bounds
+    with pytest.raises(CertifyError, match="fixed intermediate bounds"):
+        alpha.margins(x, torch.tensor([0.03]), C, None, fixed_intermediate=True)
+    wrong = Reference(alpha.name, {"/no-such-node": (torch.zeros(1), torch.zeros(1))})
+    with pytest.raises(CertifyError, match="no-such-node"):
+        alpha.margins(x, torch.tensor([0.03]), C, wrong, fixed_intermediate=True)

@@ -3,6 +3,7 @@ ranges from image 0, the paired comparison, and resumption without recomputing a
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -79,5 +80,34 @@ def test_a_resumed_run_recomputes_only_the_missing_ranges(tmp_path: Path) -> Non
 
 def test_chunk_below_one_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--chunk", "0", "--tag", "never_written"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (bench.RESULTS / "never_written.jsonl").exists()
+
+
+def test_seeds_give_rows_of_their_own_and_old_cells_count_as_seed_zero(tmp_path: Path) -> None:
+    path = tmp_path / "cells.jsonl"
+    fields = ("model", "attack", "start", "stop", "steps", "queries", "seed")
+    old = _cell(0, "10", "10", attack="square")  # written before --seed existed: no "seed" field
+    path.write_text(json.dumps(old) + "\n")
+    calls = []
+
+    def compute(model: str, attack: str, start: int, stop: int, steps: int, queries: int, seed: int
+                ) -> dict[str, Any]:
+        calls.append((start, seed))
+        return {**_cell(start, "11", "10", attack="square"), "seed": seed}
+
+    keys = [("lenet5", "square", 0, 2, 100, 5000, s) for s in (0, 1)]
+    resumable_cells(path, fields, keys, compute, defaults={"seed": 0})
+    assert calls == [(0, 1)]  # seed 0's range is the old cell
+    rows = bench.aggregate(read_cells(path))
+    assert [(r["seed"], r["ours"]["robust"]) for r in rows] == [(0, 1), (1, 2)]
+    table = bench._markdown(rows)
+    assert "| square |" in table and "| square (seed 1) |" in table
+
+
+@pytest.mark.parametrize("argv", [["--seed", "1"], ["--chunk", "50", "--seed", "-1"]])
+def test_a_seed_without_chunk_or_below_zero_is_refused_in_one_line(argv: list[str],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main([*argv, "--tag", "never_written"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (bench.RESULTS / "never_written.jsonl").exists()
