@@ -47,6 +47,7 @@ from collections.abc import Hashable
 import torch
 
 from ._cas_rule import CASGraphRule
+from ._crown_ibp import forward_parts, ops_forward, split_at_maxpool
 from ._ibp import Box, field_box, input_box, interval_sum, part_box, spec_box, split_last_linear
 from ._lower import CASFlow, Lowered
 from ._spec import spec_matrix
@@ -80,6 +81,49 @@ class CASIBPStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class Edge:
+    """One step decision taken from a node, as recorded for a backward pass.
+
+    Attributes:
+        src: the node it leaves.
+        code: 0 reject (the state is unchanged), 1 accept, 2 accept and double.
+        t0, dt: the step tried (the new state of an accepted step is its output).
+        rows: (M,) batch rows the step was computed on (the node's examples), ascending.
+        stages: per Runge–Kutta stage, the boxes (rows ``rows``) in front of each field op.
+    """
+
+    src: Hashable
+    code: int
+    t0: float
+    dt: float
+    rows: torch.Tensor
+    stages: dict[int, list[Box]]
+
+
+@dataclasses.dataclass
+class CASGraph:
+    """The forward pass of :func:`cas_ibp_bounds` kept for a backward (CROWN-IBP) pass.
+
+    Attributes:
+        input: the input box.
+        stem: the records of :func:`verify._crown_ibp.forward_parts` through the parts before the
+            CAS block, or None when they hold a max-pool (a backward pass then stops at the root).
+        nodes: node -> (its box, the hull over its incoming edges; [(edge id, or None for the
+            root's stem output, mask of the examples that edge can bring)]).
+        edges: every decision followed.
+        finals: (edge id, mask) of the edges that reach T, with the state box they bring.
+        final_boxes: the state box each final edge brings (full batch rows).
+    """
+
+    input: Box
+    stem: list | None
+    nodes: dict[Hashable, tuple[Box, list[tuple[int | None, torch.Tensor]]]] = dataclasses.field(default_factory=dict)
+    edges: list[Edge] = dataclasses.field(default_factory=list)
+    finals: list[tuple[int, torch.Tensor]] = dataclasses.field(default_factory=list)
+    final_boxes: list[Box] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class CASBounds:
     """Interval margins of a batch through its trajectory graph.
 
@@ -88,11 +132,15 @@ class CASBounds:
         ratios: per visited node that decides, the (N,) upper bound of the error ratio (0 for an
             example that does not reach the node), differentiable.
         stats: the graph's size.
+        gave_up: (N,) examples given up (their margins are :data:`GIVE_UP_MARGIN`).
+        graph: the recorded forward pass (``record=True`` only).
     """
 
     margins: torch.Tensor
     ratios: list[torch.Tensor]
     stats: CASIBPStats
+    gave_up: torch.Tensor
+    graph: CASGraph | None = None
 
 
 def cas_index(ir: Lowered) -> int | None:
@@ -108,15 +156,19 @@ def cas_index(ir: Lowered) -> int | None:
     return idx[0] if idx else None
 
 
-def _step(flow: CASFlow, box: Box, t0: float, dt: float) -> tuple[Box, Box]:
-    """Intervals of the new state and of the error estimate of one step from ``box``."""
+def _step(flow: CASFlow, box: Box, t0: float, dt: float, stages: dict[int, list[Box]] | None = None
+          ) -> tuple[Box, Box]:
+    """Intervals of the new state and of the error estimate of one step from ``box`` (``stages``:
+    filled with the boxes in front of each field op, per stage)."""
     tab = flow.tableau
     a, c, b, e = tab.a_float, tab.c_float, tab.b_float, _err_weights(tab)
     ks: dict[int, Box] = {}
     for i, use in enumerate(_needed_stages(tab)):
         if use:
             yi = interval_sum(box, [(dt * a[i][j], ks[j]) for j in range(i) if a[i][j] != 0.0])
-            ks[i] = field_box(flow.field, t0 + c[i] * dt, yi)
+            t = t0 + c[i] * dt
+            ks[i] = field_box(flow.field, t, yi) if stages is None else ops_forward(flow.field, yi, t,
+                                                                                   stages.setdefault(i, []))
     y1 = interval_sum(box, [(dt * b[i], ks[i]) for i in ks if b[i] != 0.0])
     zero = torch.zeros_like(box[0])
     err = interval_sum((zero, zero), [(dt * e[i], ks[i]) for i in ks if e[i] != 0.0])
@@ -143,12 +195,12 @@ def ratio_interval(rule: CASGraphRule, err: Box, y0: Box, y1: Box) -> Box:
     return (elo / large).flatten(1).sum(1), (ehi / small).flatten(1).sum(1)
 
 
-def _hull(sources: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+def _hull(sources: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]]
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per example, the hull of the boxes of the sources it reaches; (lo, hi, mask)."""
+    """Per example, the hull of the boxes of the sources (lo, hi, mask, edge) it reaches; (lo, hi, mask)."""
     if len(sources) == 1:
-        return sources[0]
-    masks = torch.stack([m for _, _, m in sources])
+        return sources[0][:3]
+    masks = torch.stack([s[2] for s in sources])
     reach = masks.any(0)
     shape = (len(sources), masks.shape[1]) + (1,) * (sources[0][0].dim() - 1)
     m = masks.view(shape)
@@ -174,7 +226,7 @@ def _feasible(rule: CASGraphRule, lo: torch.Tensor, hi: torch.Tensor) -> torch.T
 
 
 def cas_ibp_bounds(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                   max_nodes: int = MAX_NODES) -> CASBounds:
+                   max_nodes: int = MAX_NODES, record: bool = False) -> CASBounds:
     """IBP margins over the L∞ ball ∩ [0, 1] for every step sequence the deployed CAS takes.
 
     Args:
@@ -183,9 +235,10 @@ def cas_ibp_bounds(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float | t
         y: (N,) labels.
         eps: L∞ radius (a float or (N,) radii).
         max_nodes: nodes after which the examples still in the graph are given up.
+        record: keep the forward pass (:class:`CASGraph`) for a backward pass.
 
     Returns:
-        the margins, the error ratios' upper bounds and the graph's statistics.
+        the margins, the error ratios' upper bounds, the graph's statistics (and record).
 
     Raises:
         ValueError: ``ir`` has no CAS block (or several).
@@ -196,10 +249,19 @@ def cas_ibp_bounds(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float | t
     flow = ir.parts[k]
     rule = CASGraphRule(flow.rule, flow.h0)
     box = input_box(x, eps)
-    for part in ir.parts[:k]:
-        box = part_box(part, box)
+    graph = None
+    if record:
+        stem = list(ir.parts[:k])
+        recordable = not split_at_maxpool(dataclasses.replace(ir, parts=tuple(stem)))[0]
+        graph = CASGraph(box, None)
+        if recordable:
+            box, graph.stem = forward_parts(stem, box)
+    if graph is None or graph.stem is None:
+        for part in ir.parts[:k]:
+            box = part_box(part, box)
     n = x.shape[0]
-    pending: dict[Hashable, list] = {rule.root(): [(box[0], box[1], torch.ones(n, dtype=torch.bool, device=x.device))]}
+    pending: dict[Hashable, list] = {rule.root(): [(box[0], box[1], torch.ones(n, dtype=torch.bool, device=x.device),
+                                                    None)]}
     finals: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     ratios: list[torch.Tensor] = []
     gave_up = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -208,17 +270,21 @@ def cas_ibp_bounds(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float | t
     while pending:
         if visited >= max_nodes:
             for sources in pending.values():
-                for _, _, m in sources:
+                for _, _, m, _ in sources:
                     gave_up |= m
             break
         node = min(pending, key=rule.sort_key)
-        lo, hi, mask = _hull(pending.pop(node))
+        sources = pending.pop(node)
+        lo, hi, mask = _hull(sources)
+        if graph is not None:
+            graph.nodes[node] = ((lo, hi), [(s[3], s[2]) for s in sources])
         visited += 1
         per_example += mask.long()
         idx = mask.nonzero().squeeze(1)
         sub = (lo.index_select(0, idx), hi.index_select(0, idx))
         t0, dt = rule.attempt(node)
-        y1, err = _step(flow, sub, t0, dt)
+        stages: dict[int, list[Box]] | None = {} if graph is not None else None
+        y1, err = _step(flow, sub, t0, dt, stages)
         if rule.forced(node):
             feasible = torch.zeros((3, idx.numel()), dtype=torch.bool, device=x.device)
             feasible[1] = True
@@ -234,20 +300,27 @@ def cas_ibp_bounds(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float | t
             code_mask = torch.zeros(n, dtype=torch.bool, device=x.device).index_copy(0, idx, feasible[code])
             src = (lo, hi) if code == 0 else full_y1
             nxt = rule.after(node, code)
-            (finals if nxt is None else pending.setdefault(nxt, [])).append((src[0], src[1], code_mask))
+            edge = None
+            if graph is not None:
+                graph.edges.append(Edge(node, code, t0, dt, idx, stages or {}))
+                edge = len(graph.edges) - 1
+            (finals if nxt is None else pending.setdefault(nxt, [])).append((src[0], src[1], code_mask, edge))
     margins = _final_margins(ir, k, finals, y, gave_up)
     stats = CASIBPStats(visited, branches, float(per_example.float().mean()), int(per_example.max()),
                         int(gave_up.sum()))
-    return CASBounds(margins, ratios, stats)
+    if graph is not None:
+        graph.finals = [(e, m) for _, _, m, e in finals]
+        graph.final_boxes = [(lo, hi) for lo, hi, _, _ in finals]
+    return CASBounds(margins, ratios, stats, gave_up, graph)
 
 
-def _final_margins(ir: Lowered, k: int, finals: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+def _final_margins(ir: Lowered, k: int, finals: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]],
                    y: torch.Tensor, gave_up: torch.Tensor) -> torch.Tensor:
     """Per example, the minimum over the ends it reaches of the head's interval margins."""
     head, lin = split_last_linear(dataclasses.replace(ir, parts=ir.parts[k + 1:]))
     C = spec_matrix(y, ir.num_classes, finals[0][0].dtype if finals else ir.dtype)
     out = torch.full((y.shape[0], ir.num_classes - 1), float("inf"), dtype=C.dtype, device=y.device)
-    for lo, hi, mask in finals:
+    for lo, hi, mask, _ in finals:
         box = (lo, hi)
         for part in head:
             box = part_box(part, box)
@@ -259,5 +332,5 @@ def _final_margins(ir: Lowered, k: int, finals: list[tuple[torch.Tensor, torch.T
     return out
 
 
-__all__ = ["CASBounds", "CASIBPStats", "GIVE_UP_MARGIN", "MAX_NODES", "cas_index", "cas_ibp_bounds",
-           "ratio_interval"]
+__all__ = ["CASBounds", "CASGraph", "CASIBPStats", "Edge", "GIVE_UP_MARGIN", "MAX_NODES", "cas_index",
+           "cas_ibp_bounds", "ratio_interval"]

@@ -54,7 +54,7 @@ def split_at_maxpool(ir: Lowered) -> tuple[list, list]:
 
 
 # ---- forward: IBP boxes in front of every op -----------------------------------------------------
-def _ops_forward(ops: Sequence[Op], box: Box, t: float | None, rec: list[Box]) -> Box:
+def ops_forward(ops: Sequence[Op], box: Box, t: float | None, rec: list[Box]) -> Box:
     for _, op in ops:
         rec.append(box)
         box = op_box(op, box, t)
@@ -70,7 +70,7 @@ def _step_forward(flow: Flow, step: Step, box: Box) -> tuple[Box, dict[int, list
         if use:
             yi = interval_sum(box, [(step.dt * a[i][j], ks[j]) for j in range(i) if a[i][j] != 0.0])
             recs[i] = []
-            ks[i] = _ops_forward(step.field, yi, step.t0 + c[i] * step.dt, recs[i])
+            ks[i] = ops_forward(step.field, yi, step.t0 + c[i] * step.dt, recs[i])
     return interval_sum(box, [(step.dt * b[i], ks[i]) for i in ks if b[i] != 0.0]), recs
 
 
@@ -104,7 +104,9 @@ def _ops_back(ops: Sequence[Op], lin: Linear, rec: Sequence[Box], t: float | Non
     return lin
 
 
-def _step_back(flow: Flow, step: Step, lin: Linear, recs: dict[int, list[Box]]) -> Linear:
+def step_back(flow: Flow, step: Step, lin: Linear, recs: dict[int, list[Box]]) -> Linear:
+    """One Runge–Kutta step of ``flow`` transposed: ``lin`` on its output pushed back to its input
+    (``recs``: per stage, the boxes in front of each field op)."""
     a, c = flow.tableau.a_float, flow.tableau.c_float
     b = flow.output_row(step)
     A_out, bias = lin
@@ -139,28 +141,47 @@ def crown_ibp_margins(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float 
     for part in head:
         for _, op in part.ops:
             box = op_box(op, box)
-    start = box
+    _, records = forward_parts(rest, box)
+    C = spec_matrix(y, ir.num_classes, x.dtype)  # (N, S, K)
+    lin = backward_parts(rest, records, (C, torch.zeros(C.shape[:2], dtype=x.dtype, device=x.device)))
+    return concretize(lin, box)
+
+
+def forward_parts(parts: Sequence[Layers | Flow], box: Box) -> tuple[Box, list]:
+    """IBP through ``parts`` (layer runs and fixed-step flows): the output box and, per part, the
+    boxes in front of every op (per step and stage for a flow), for :func:`backward_parts`."""
     records: list = []
-    for part in rest:
+    for part in parts:
         if isinstance(part, Layers):
             rec: list[Box] = []
-            box = _ops_forward(part.ops, box, None, rec)
+            box = ops_forward(part.ops, box, None, rec)
             records.append(rec)
-        else:
+        elif isinstance(part, Flow):
             steps = []
             for step in part.steps:
                 box, recs = _step_forward(part, step, box)
                 steps.append(recs)
             records.append(steps)
-    C = spec_matrix(y, ir.num_classes, x.dtype)  # (N, S, K)
-    lin: Linear = (C, torch.zeros(C.shape[:2], dtype=x.dtype, device=x.device))
-    for part, rec in zip(reversed(rest), reversed(records)):
+        else:
+            raise UnsupportedLayerError(f"CROWN-IBP through {type(part).__name__} needs its own pass")
+    return box, records
+
+
+def backward_parts(parts: Sequence[Layers | Flow], records: list, lin: Linear) -> Linear:
+    """The linear bound ``lin`` on the output of ``parts`` pushed back to their input, the ReLUs
+    relaxed on the boxes of :func:`forward_parts`."""
+    for part, rec in zip(reversed(parts), reversed(records)):
         if isinstance(part, Layers):
             lin = _ops_back(part.ops, lin, rec, None)
         else:
             for step, recs in zip(reversed(part.steps), reversed(rec)):
-                lin = _step_back(part, step, lin, recs)
+                lin = step_back(part, step, lin, recs)
+    return lin
+
+
+def concretize(lin: Linear, box: Box) -> torch.Tensor:
+    """(N, S) lower bound of ``A·h + bias`` over the box of h."""
     A, bias = lin
-    lo, hi = start
+    lo, hi = box
     c, r = ((hi + lo) / 2).unsqueeze(1), ((hi - lo) / 2).unsqueeze(1)
     return (A * c).flatten(2).sum(2) - (A.abs() * r).flatten(2).sum(2) + bias

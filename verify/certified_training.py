@@ -11,6 +11,9 @@ differentiable in the weights, through every Runge–Kutta stage of every step:
   ``β·CROWN-IBP + (1 − β)·IBP``, β ramped 1 → 0 with ε. The CROWN pass covers the network's
   dense tail (:mod:`verify._crown_ibp`), not the whole network: a documented, sound
   simplification of the paper's full backward pass.
+  Through a controlled adaptive solver both bounds follow every step sequence of the ball
+  (:mod:`verify._cas_ibp`, :mod:`verify._cas_crown_ibp`), so ``ibp``, ``crown-ibp`` and
+  ``mtl-ibp`` all train the model as deployed.
 * ``mtl-ibp`` (De Palma et al. 2024): the robust term is ``α·CE(f(x_adv), y) + (1 − α)·
   CE(z̲, y)``, x_adv a PGD point of the ε-ball ∩ [0, 1]. Chosen over SABR because it is a
   convex combination of two losses the toolkit already computes (the PGD attack of
@@ -41,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cas_crown_ibp import cas_crown_ibp_margins
 from ._cas_ibp import cas_ibp_bounds, cas_index
 from ._crown_ibp import crown_ibp_margins
 from ._ibp import ibp_margins
@@ -183,14 +187,16 @@ def ibp_loss(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple
 
 def crown_ibp_loss(ir: Lowered, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CE of the worst-case logits of β·CROWN-IBP + (1 − β)·IBP margin bounds, those bounds).
-
-    Raises:
-        ValueError: a model with a controlled adaptive solver (its loss is ``ibp`` or ``mtl-ibp``).
-    """
+    """(CE of the worst-case logits of β·CROWN-IBP + (1 − β)·IBP margin bounds, those bounds); a model
+    with a controlled adaptive solver is bounded through its trajectory graph (both bounds from one
+    forward pass: :func:`verify._cas_crown_ibp.cas_crown_ibp_margins`)."""
     if cas_index(ir) is not None:
-        raise ValueError(f"crown-ibp is not implemented through a controlled adaptive solver ({ir.description}); "
-                         "use ibp or mtl-ibp")
+        if beta == 0:
+            m = cas_ibp_bounds(ir, x, y, eps).margins
+        else:
+            crown, bounds = cas_crown_ibp_margins(ir, x, y, eps)
+            m = beta * crown + (1 - beta) * bounds.margins
+        return worst_case_ce(m, y), m
     m = ibp_margins(ir, x, y, eps)
     if beta > 0:
         m = beta * crown_ibp_margins(ir, x, y, eps) + (1 - beta) * m

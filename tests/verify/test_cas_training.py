@@ -7,7 +7,9 @@ points, corners and GAINS-style step-attack points (which take different step se
 the ball takes one step sequence, the bound equals IBP of that sequence's fixed steps; it is no
 tighter than the trajectory graph's certified bound; its gradient is the finite-difference
 gradient (float64); a few batches lower the loss; a CAS-cert-trained net's trajectory-graph
-certificates survive per-margin PGD and the step attack through the deployed solver.
+certificates survive per-margin PGD and the step attack through the deployed solver. The same for
+CROWN-IBP through the graph: sound on every step sequence, equal to CROWN-IBP of the fixed steps
+for one sequence, differentiable, and it trains.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from models.solver import SolverConfig
 from tests.verify._margin_attack import min_margins
 from tests.verify.test_trajectory import _root_ratio, step_attack
 from verify import lower
+from verify._cas_crown_ibp import cas_crown_ibp_margins
 from verify._cas_ibp import cas_ibp_bounds
+from verify._crown_ibp import crown_ibp_margins
 from verify._ibp import ibp_margins
 from verify._lower import Flow, Step
 from verify._spec import spec_matrix
@@ -129,9 +133,10 @@ def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _train(m: nn.Module, steps: int, eps: float) -> list[float]:
+def _train(m: nn.Module, steps: int, eps: float, loss: str = "ibp") -> list[float]:
     x, y = _data()
-    hook = CertifiedLoss(CertConfig(eps=eps, warmup_epochs=0, ramp_epochs=0, kappa_start=0.5, kappa_end=0.5))
+    hook = CertifiedLoss(CertConfig(loss=loss, eps=eps, warmup_epochs=0, ramp_epochs=0, kappa_start=0.5,
+                                    kappa_end=0.5, beta_start=1.0, beta_end=1.0))
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     m.train()
     losses = []
@@ -167,10 +172,73 @@ def test_trained_certificates_survive_pgd_and_the_step_attack() -> None:
         assert (margins >= lb[i] - 1e-5).all()
 
 
-def test_crown_ibp_refuses_a_cas_model() -> None:
-    m = _net(atol=0.05)
-    with pytest.raises(ValueError, match="controlled adaptive"):
-        crown_ibp_loss(lower(m), torch.rand(1, 1, 4, 4), torch.tensor([0]), 0.01, 1.0)
+def test_crown_ibp_through_the_graph_holds_on_every_step_sequence() -> None:
+    """On the branching net, at radii where nodes merge several edges (the walk back stops there)
+    and where it does not, CROWN-IBP lies below every sampled, corner, step-attack and PGD margin."""
+    m, x = _branching()
+    y = m(x).argmax(1)
+    g = torch.Generator().manual_seed(0)
+    merged = 0
+    for eps in (1e-5, 1e-4):
+        crown, b = cas_crown_ibp_margins(lower(m), x, y, eps)
+        merged += sum(len(src) > 1 for _, src in b.graph.nodes.values())
+        samples = (x + eps * (2 * torch.rand(300, 1, 4, 4, generator=g) - 1)).clamp(0, 1)
+        corners = (x + eps * torch.sign(torch.randn(100, 1, 4, 4, generator=g))).clamp(0, 1)
+        margins, seqs = _margins(m, torch.cat([samples, corners, step_attack(m, x, eps)]), y)
+        assert len(seqs) >= 2
+        assert (margins.amin(0) >= crown[0] - 1e-5).all(), eps
+        assert (min_margins(m, x, int(y), eps, steps=20, restarts=1) >= crown[0] - 1e-5).all()
+        assert (crown[0] > b.margins[0]).all()  # tighter than the interval bound here
+    assert merged >= 5, "the test should exercise nodes reached by several edges"
+
+
+def test_crown_ibp_of_one_step_sequence_equals_crown_ibp_of_its_fixed_steps() -> None:
+    m = _net(atol=10.0)
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 0])
+    ir = lower(m)
+    crown, b = cas_crown_ibp_margins(ir, x, y, 0.02)
+    assert b.stats.nodes == 2
+    cas = ir.parts[1]
+    flow = Flow("dopri5", cas.tableau, tuple(Step(t, 0.5, 1.0, cas.field) for t in (0.0, 0.5)), cas.where)
+    fixed = dataclasses.replace(ir, parts=(ir.parts[0], flow, ir.parts[2]))
+    torch.testing.assert_close(crown, crown_ibp_margins(fixed, x, y, 0.02), rtol=1e-6, atol=1e-6)
+
+
+def test_crown_ibp_loss_mixes_the_two_bounds_and_its_gradient_matches_finite_differences() -> None:
+    m, x = _branching(torch.float64)
+    y = torch.tensor([1])
+    ir = lower(m)
+    eps = 1e-4
+    crown, b = cas_crown_ibp_margins(ir, x, y, eps)
+    assert sum(len(src) > 1 for _, src in b.graph.nodes.values()) >= 1
+    torch.testing.assert_close(crown_ibp_loss(ir, x, y, eps, 0.25)[1], 0.25 * crown + 0.75 * b.margins)
+    torch.testing.assert_close(crown_ibp_loss(ir, x, y, eps, 0.0)[1], b.margins)
+    w = m[2].field[0].weight
+
+    def loss(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            w.copy_(weight.detach())
+        out = crown_ibp_loss(ir, x, y, eps, 1.0)[0]
+        (g,) = torch.autograd.grad(out, w)
+        return out.detach(), g
+
+    base = w.detach().clone()
+    _, grad = loss(base)
+    assert grad.abs().sum() > 0
+    for idx in [(0, 0), (3, 5), (11, 2)]:
+        d = torch.zeros_like(base)
+        d[idx] = 1e-7
+        fd = (loss(base + d)[0] - loss(base - d)[0]) / 2e-7
+        assert abs(float(fd) - float(grad[idx])) <= 1e-4 * (1 + abs(float(fd)))
+    loss(base)
+
+
+def test_a_few_crown_ibp_batches_lower_the_loss() -> None:
+    m = _net(atol=0.5, seed=3)
+    assert cas_ibp_bounds(lower(m), *_data(), 0.02).stats.branch_nodes >= 1
+    losses = _train(m, 25, 0.02, loss="crown-ibp")
+    assert losses[-1] < 0.8 * losses[0]
 
 
 @pytest.mark.skipif(not os.environ.get("ODE_ROBUSTNESS_DATA"), reason="MNIST missing")
