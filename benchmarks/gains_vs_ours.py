@@ -154,6 +154,17 @@ def _mean(values: list[float]) -> float | None:
     return round(statistics.mean(values), 3) if values else None
 
 
+def image_ranges(images: list[int]) -> list[list[int]]:
+    """Sorted image indices as [first, last] runs of consecutive indices."""
+    runs: list[list[int]] = []
+    for i in images:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
 def summarize() -> dict[str, Any]:
     """Per model and ε: both certified accuracies, disagreements, seconds, ratio, nodes, memory."""
     ours = _done()
@@ -186,7 +197,8 @@ def summarize() -> dict[str, Any]:
                 "ours_nodes_max": max(nodes) if nodes else None,
             }
         rss = [r.get("max_rss_mb", 0.0) for (t, _, _), r in ours.items() if t == target]
-        out["models"][f"{target:g}"] = {"images": [images[0], images[-1]], "per_eps": per_eps,
+        out["models"][f"{target:g}"] = {"images": [images[0], images[-1]], "ranges": image_ranges(images),
+                                        "per_eps": per_eps,
                                         "ours_peak_rss_mb": max(rss) if rss else None,
                                         "ours_load_avg_mean": _mean([r.get("load_avg", 0.0) for (t, _, _), r in
                                                                      ours.items() if t == target])}
@@ -205,7 +217,8 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"{r['ours_s_per_attempt']} | {r['time_ratio']} | {r.get('ours_cpu_s_per_attempt')} | "
                          f"{r['ours_nodes_median']}, {r['ours_nodes_max']} |")
     for target, m in summary["models"].items():
-        lines.append(f"\nε_t = {target}: images {m['images'][0]}..{m['images'][1]}; our peak memory (max RSS of the "
+        spans = ", ".join(f"{lo}..{hi}" for lo, hi in m.get("ranges", [m["images"]]))
+        lines.append(f"\nε_t = {target}: images {spans}; our peak memory (max RSS of the "
                      f"process) {m['ours_peak_rss_mb']} MB; mean load average during our run {m['ours_load_avg_mean']}")
     return "\n".join(lines)
 
