@@ -111,8 +111,8 @@ class CASGraph:
         nodes: node -> (its box, the hull over its incoming edges; [(edge id, or None for the
             root's stem output, mask of the examples that edge can bring)]).
         edges: every decision followed.
-        finals: (edge id, mask) of the edges that reach T, with the state box they bring.
-        final_boxes: the state box each final edge brings (full batch rows).
+        finals: (edge id, mask of the examples it brings) of every edge that reaches T.
+        final_boxes: the state box each of those edges brings (all batch rows), in the same order.
     """
 
     input: Box
