@@ -42,6 +42,7 @@ from models import SolverConfig
 from models.activity import field_usage
 from models.data import load_dataset
 from models.zoo import resolve
+from studies._common import paired_difference
 from verify import certify
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -117,12 +118,8 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[float, float
     """Per verdict, (A − B in points, its McNemar standard error) over the shared images."""
     out = {}
     for k in VERDICTS:
-        u, v = (_verdicts(r, k) for r in (a, b))
-        n = len(u)
-        only_a = sum(1 for p, q in zip(u, v) if p and not q)
-        only_b = sum(1 for p, q in zip(u, v) if q and not p)
-        se = math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
-        out[k] = (100 * (only_a - only_b) / n, 100 * se)
+        d, se = paired_difference(_verdicts(a, k), _verdicts(b, k))
+        out[k] = (100 * d, 100 * se)
     return out
 
 

@@ -290,11 +290,15 @@ def figure_path(ctx: StudyContext, stem: str) -> tuple[Path, str]:
     return ctx.out / rel, rel
 
 
+def discordant(a: list[bool], b: list[bool]) -> tuple[int, int]:
+    """(images true in ``a`` only, images true in ``b`` only) of two verdict lists on the same images."""
+    return sum(1 for u, v in zip(a, b) if u and not v), sum(1 for u, v in zip(a, b) if v and not u)
+
+
 def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
     """(mean(a) − mean(b), paired standard error √(b' + c' − (b' − c')²/n)/n) on the same images."""
     n = len(a)
-    only_a = sum(1 for u, v in zip(a, b) if u and not v)
-    only_b = sum(1 for u, v in zip(a, b) if v and not u)
+    only_a, only_b = discordant(a, b)
     return (only_a - only_b) / n, math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
 
 

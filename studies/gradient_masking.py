@@ -38,7 +38,7 @@ from attacks import APGD, AutoAttack, Square, with_solver
 from models import SolverConfig
 from models.data import load_dataset
 
-from ._common import StudyContext, StudyReport, Table, figure_path, paired_difference
+from ._common import StudyContext, StudyReport, Table, discordant, figure_path, paired_difference
 
 NAME = "gradient-masking"
 SEED = "001_1ba1591b621367de"
@@ -168,7 +168,7 @@ def run(ctx: StudyContext) -> StudyReport:
         a, b0 = data[other]["robust_all"], data[names[0]]["robust_all"]
         d, se = paired_difference(a, b0)
         diff, se = round(100 * d, 1), round(100 * se, 1)
-        only_a, only_b = sum(u and not v for u, v in zip(a, b0)), sum(v and not u for u, v in zip(a, b0))
+        only_a, only_b = discordant(a, b0)
         data[other]["versus_first"] = {"points": diff, "se": se, "robust_only_here": only_a,
                                        "robust_only_first": only_b}
         pairs.append((f"{other} − {names[0]}", diff, se, only_a, only_b))
