@@ -76,6 +76,12 @@ _CERT_RECIPE = Recipe(epochs=80, batch_size=128, lr=5e-4, weight_decay=0.0, sche
 #: the first certified recipe (cosine schedule, Shi et al.'s smooth ramp), kept for `lenet5-cert-0.1`, not
 #: retrained with the current one.
 _CERT_RECIPE_COSINE = dataclasses.replace(_CERT_RECIPE, schedule="cosine")
+#: the recipe with twice the learning rate (1e-3), the rest unchanged: measured (stop 25, 2,000 held-out images) it
+#: lifts the 16-channel ODE-net at ε = 0.3 from 92.4 / 76.7 % to 95.4 / 83.2 % (clean / IBP-certified) in the same 80
+#: epochs; 5e-4 under-trained these nets. Used (with 160 epochs and the wide net) by `ode-cert-0.3` and
+#: `ode-cert-0.1-wide`; the 16-channel ε = 0.1 family of study 8 (`ode-cert-0.1`, the ResNets, LeNet-5, the MTL-IBP
+#: models) keeps `_CERT_RECIPE`.
+_CERT_RECIPE_2 = dataclasses.replace(_CERT_RECIPE, lr=1e-3)
 _CERT_ODE = {"channels": 16, "field": "verifiable", "time_channel": False, "head_hidden": 100,
              "solver": SolverConfig.fixed("euler", 2, T=1.0).to_dict()}
 
@@ -87,11 +93,12 @@ _CAS_CERT_ODE = {**_CERT_ODE, "solver": SolverConfig.cas("dopri5", 0.005, h0=0.5
 _CAS_CERT_EPOCHS = 10
 
 
-def _cert(eps: float) -> dict[str, Any]:
-    """IBP at 1.1·ε (Gowal et al.), κ 1 → 0.5, one clean epoch, ε ramped linearly over half the run, the
-    models' own initialisation (Shi et al.'s IBP initialisation starves these BatchNorm-free nets of signal)."""
-    return {"loss": "ibp", "eps": round(1.1 * eps, 6), "eval_eps": eps, "warmup_epochs": 1, "ramp_epochs": 40,
-            "exponent": 1.0, "kappa_end": 0.5, "init": "default"}
+def _cert(eps: float, factor: float = 1.1, ramp_epochs: int = 40) -> dict[str, Any]:
+    """IBP at factor·ε (Gowal et al.: 1.1), κ 1 → 0.5, one clean epoch, ε ramped linearly over ``ramp_epochs`` (half
+    the run), the models' own initialisation (Shi et al.'s IBP initialisation starves these BatchNorm-free nets of
+    signal)."""
+    return {"loss": "ibp", "eps": round(factor * eps, 6), "eval_eps": eps, "warmup_epochs": 1,
+            "ramp_epochs": ramp_epochs, "exponent": 1.0, "kappa_end": 0.5, "init": "default"}
 
 
 #: MTL-IBP (De Palma et al. 2024) on `_cert(0.1)`'s schedule, from scratch: robust term 0.9·CE at a PGD-1 point +
@@ -136,14 +143,16 @@ PRESETS: dict[str, Preset] = {
         cert=_cert(0.1)),
     "ode-cert-0.1-wide": Preset(
         "ode-cert-0.1-wide", "ode", {**_CERT_ODE, "channels": 32, "head_hidden": 256},
-        dataclasses.replace(_CERT_RECIPE, shift=2),
-        "`ode-cert-0.1` widened (32 channels, 256-unit head: 5x the parameters) and trained on random shifts of up "
-        "to 2 pixels, same IBP recipe at ε=0.11 (certified at 0.1)",
-        cert=_cert(0.1)),
+        dataclasses.replace(_CERT_RECIPE_2, shift=2, epochs=160),
+        "`ode-cert-0.1` widened (32 channels, 256-unit head: 5x the parameters), random shifts of up to 2 pixels, "
+        "IBP at ε=0.15 with lr 1e-3 for 160 epochs (certified at 0.1)",
+        cert=_cert(0.1, factor=1.5, ramp_epochs=80)),
     "ode-cert-0.3": Preset(
-        "ode-cert-0.3", "ode", _CERT_ODE, _CERT_RECIPE,
-        "ODE-net, verifiable field, 16 channels, Euler 2 steps, 100-unit head, IBP-trained at ε=0.33 (certified at 0.3)",
-        cert=_cert(0.3)),
+        "ode-cert-0.3", "ode", {**_CERT_ODE, "channels": 32, "head_hidden": 256},
+        dataclasses.replace(_CERT_RECIPE_2, epochs=160),
+        "ODE-net, verifiable field, 32 channels, Euler 2 steps, 256-unit head, IBP-trained at ε=0.33 with lr 1e-3 for "
+        "160 epochs (certified at 0.3)",
+        cert=_cert(0.3, ramp_epochs=80)),
     "ode-cas-cert-0.1": Preset(
         "ode-cas-cert-0.1", "ode", _CAS_CERT_ODE, dataclasses.replace(_CERT_RECIPE, epochs=_CAS_CERT_EPOCHS),
         "`ode-cert-0.1`'s architecture deployed with GAINS's controlled adaptive dopri5 (atol 0.005, h0 0.5), "

@@ -40,3 +40,25 @@ def test_mtl_ibp_trained_fields_are_alive(name):
         base = model(x)
         model.block.solver = SolverConfig.fixed("rk4", 4, T=1.0)
         assert float((model(x) - base).abs().max()) > 0.1  # a live field: the solver matters
+
+
+def test_branch_and_bound_on_a_certified_zoo_model_survives_per_margin_pgd():
+    """Above the training ε IBP and CROWN leave ode-cert-0.1's images open and BaB decides them
+    (benchmarks.cert_targets' last stage): its bounds stay below every margin PGD reaches."""
+    import time
+
+    from verify import BranchAndBound, lower, spec_matrix
+
+    x, y = load_dataset("mnist-t10k", "test")
+    model, _ = load_with_metadata("ode-cert-0.1")
+    eps, idx = 0.13, [4, 10]  # at 0.13: IBP and CROWN fail on both; BaB verifies image 4 (tens of subdomains)
+    assert not bool(certify(model, x[idx], y[idx], eps, "inf", "crown").certified.any())
+    bab = BranchAndBound(lower(model), "inf", time_limit=5.0, clock=time.process_time)
+    statuses = []
+    for i in idx:
+        v = bab.verdict(x[i:i + 1], eps, spec_matrix(y[i:i + 1], 10)[0])
+        statuses.append(v.status)
+        attacked = min_margins(model, x[i:i + 1], int(y[i]), eps, "inf", steps=40, restarts=2)
+        assert float((attacked - v.lower).min()) >= -1e-5, (i, v.status)
+        assert v.domains > 1
+    assert statuses[0] == "verified"
