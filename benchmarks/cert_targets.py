@@ -43,6 +43,7 @@ from torch import nn
 from attacks import PGD, AutoAttack
 from models.data import load_dataset
 from models.zoo import resolve
+from studies._common import discordant, paired_difference
 from verify import BranchAndBound, certify, lower, spec_matrix
 from verify._dense_graph import GraphError
 
@@ -167,6 +168,12 @@ def summarize(verdict: str, pgd: str, autoattack: str = "") -> dict[str, int]:
     return counts
 
 
+def _verdicts(verdict: str, kind: str) -> list[bool]:
+    """Per image: correct (``clean``), certified, or neither broken nor misclassified (``attack_bound``)."""
+    letters = {"clean": "icabpfu", "certified": "icab", "attack_bound": "icabu"}[kind]
+    return [v in letters for v in verdict]
+
+
 def _pct(k: int, n: int) -> str:
     p = k / n
     return f"{100 * p:.2f} ± {100 * math.sqrt(p * (1 - p) / n):.2f}"
@@ -197,6 +204,19 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                          f"{_pct(c['+crown'], k)} | {_pct(c['+alpha'], k)} | **{_pct(c['certified'], k)}** | "
                          f"{c['bab_falsified']} | {c['unknown']} | {_pct(c['attack_bound'], k)} | {c['violations']} | "
                          f"{met} |")
+    same_eps = [r for r in rows[1:] if r["eps"] == rows[0]["eps"] and r["n"] == rows[0]["n"]]
+    if same_eps:
+        ref = rows[0]
+        lines += ["", f"Paired differences against {ref['model']} on the same {ref['n']} images (points ± McNemar "
+                  "standard error; in brackets the images counted for the model only / for the reference only):", "",
+                  "| model | clean | certified | attack bound |", "|---|---|---|---|"]
+        for r in same_eps:
+            cells = []
+            for kind in ("clean", "certified", "attack_bound"):
+                a, b = _verdicts(r["verdict"], kind), _verdicts(ref["verdict"], kind)
+                d, se = paired_difference(a, b)
+                cells.append(f"{100 * d:+.2f} ± {100 * se:.2f} ({'/'.join(map(str, discordant(a, b)))})")
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     plain = [r["model"] for r in rows if not r.get("dense_graph", True)]
     if plain:
         lines += ["", "No dense affine–ReLU graph (max pooling), so no α-CROWN or BaB: " + ", ".join(plain)

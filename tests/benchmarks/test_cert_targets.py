@@ -54,6 +54,18 @@ def test_autoattack_on_the_certified_images(tmp_path: Path) -> None:
     assert row["autoattack"] == robust and row["all"]["violations"] == robust.count("0") == 0
 
 
+def test_paired_differences_in_the_report() -> None:
+    import argparse
+
+    args = argparse.Namespace(models=["a", "b"], n=4, bab_time=1.0, autoattack=0, steps=1, restarts=1,
+                              out=str(cert_targets.RESULTS / "cert_targets"))
+    rows = [{"model": "a", "eps": 0.1, "n": 4, "verdict": "iipm", "pgd": "1100", "seconds": {"ibp": 0.0}},
+            {"model": "b", "eps": 0.1, "n": 4, "verdict": "iiib", "pgd": "1111", "seconds": {"ibp": 0.0}}]
+    md = cert_targets.report(rows, args)
+    # b − a: certified 4 − 2 images of 4 (2 discordant, both for b): +50 points, SE √(2 − 4/4)/4 = 25 points
+    assert "| b | +25.00 ± 21.65 (1/0) | +50.00 ± 25.00 (2/0) | +50.00 ± 25.00 (2/0) |" in md
+
+
 @pytest.mark.parametrize("argv, first", [
     (["ode-cert-0.1", "--n", "0"], "error: need 1 <= --n"),
     (["ode-cert-0.1", "--bab-time", "0"], "error: need 1 <= --n"),
