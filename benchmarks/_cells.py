@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,14 @@ def resumable_cells(path: Path, key_fields: Sequence[str], keys: Iterable[tuple[
             print(json.dumps(done[key]), flush=True)
         rows.append(done[key])
     return rows
+
+
+def pct(k: int, n: int, digits: int = 1) -> str:
+    """``k`` of ``n`` in percent ± its binomial standard error √(p(1−p)/n) ("–" for n = 0)."""
+    if not n:
+        return "–"
+    p = k / n
+    return f"{100 * p:.{digits}f} ± {100 * math.sqrt(p * (1 - p) / n):.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from verify._ibp import field_box, input_box, part_box
 from verify._lower import CASFlow, Flow, has_cas
 from verify.certify import Certifier
 
+from ._cells import pct
 from ._gains_peer import GAINS_EPS, load_rows
 from .cert_vs_gains import _gains_pgd
 
@@ -112,13 +112,6 @@ def _run_model(name: str, x: torch.Tensor, y: torch.Tensor, eps_list: tuple[floa
                 f.write(json.dumps(row) + "\n")
 
 
-def _pct(k: int, n: int) -> str:
-    if not n:
-        return "–"
-    p = k / n
-    return f"{100 * p:.1f} ± {100 * math.sqrt(p * (1 - p) / n):.1f}"
-
-
 def _summary(rows: list[dict[str, Any]], model: str, eps: float, indices: set[int]) -> dict[str, Any]:
     rs = [r for r in rows if r["model"] == model and r["eps"] == eps and r["index"] in indices]
     n = len(rs)
@@ -161,15 +154,15 @@ def _markdown(res: dict[str, Any]) -> str:
             n = s["n"]
             if s.get("gains"):
                 sec = "–" if s["seconds"] is None else f"{s['seconds']:.1f} ({s['attempts']} attempts)"
-                pgd = _pct(s["pgd"], n) if "pgd" in s else "–"
-                lines.append(f"| GAINS ε_t 0.11 | its CAS dopri5 (its verifier) | {s['eps']:g} | {_pct(s['clean'], n)} | "
-                             f"{_pct(s['certified'], n)} | – | – | {pgd} | {sec} | – | – |")
+                pgd = pct(s["pgd"], n) if "pgd" in s else "–"
+                lines.append(f"| GAINS ε_t 0.11 | its CAS dopri5 (its verifier) | {s['eps']:g} | {pct(s['clean'], n)} | "
+                             f"{pct(s['certified'], n)} | – | – | {pgd} | {sec} | – | – |")
                 continue
             sec = " / ".join(f"{s[f'{m}_s']:.3f} ({s[f'{m}_cpu_s']:.3f})" for m in ("ibp", "crown") if f"{m}_s" in s)
             nodes = (f"{s['nodes_median']:g} / {s['nodes_max']}; {s['branching']}" if "nodes_median" in s else "–")
-            lines.append(f"| {s['model']} | {res['covers'][s['model']]} | {s['eps']:g} | {_pct(s['clean'], n)} | "
-                         f"{_pct(s['certified'], n)} | {_pct(s['ibp'], n) if 'ibp' in s else '–'} | "
-                         f"{_pct(s['crown'], n)} | {_pct(s['pgd'], n)} | {sec} | {nodes} | {s['violations']} |")
+            lines.append(f"| {s['model']} | {res['covers'][s['model']]} | {s['eps']:g} | {pct(s['clean'], n)} | "
+                         f"{pct(s['certified'], n)} | {pct(s['ibp'], n) if 'ibp' in s else '–'} | "
+                         f"{pct(s['crown'], n)} | {pct(s['pgd'], n)} | {sec} | {nodes} | {s['violations']} |")
         lines.append("")
     lines += ["## The vector fields", "", "| model | field ReLU units active on some clean image (per ReLU module, any "
               "solver stage) | mean IBP width of f(0, ·) over the ε = 0.1 boxes |", "|---|---|---|"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from attacks import PGD
 from models.data import load_dataset
 from models.zoo import PRESETS, available, load_with_metadata
 from verify import certify
+
+from ._cells import pct
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 250
@@ -43,11 +44,6 @@ def _measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         res = PGD(model, eps, "inf", steps=steps, step_size=2.5 * eps / steps, seed=0)(xb, yb)
         pgd += int((ok & ~res.success).sum())
     return {"clean": clean, "ibp": cert, "pgd": pgd, "n": int(x.shape[0])}
-
-
-def _pct(k: int, n: int) -> str:
-    p = k / n
-    return f"{100 * p:.1f} ± {100 * math.sqrt(p * (1 - p) / n):.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
              "|" + "---|" * 8]
     for r in rows:
         t, h = r["train"], r["held_out"]
-        lines.append(f"| {r['model']} | {r['eps']:g} | {_pct(t['clean'], t['n'])} | {_pct(h['clean'], h['n'])} | "
-                     f"{_pct(t['ibp'], t['n'])} | {_pct(h['ibp'], h['n'])} | {_pct(t['pgd'], t['n'])} | "
-                     f"{_pct(h['pgd'], h['n'])} |")
+        lines.append(f"| {r['model']} | {r['eps']:g} | {pct(t['clean'], t['n'])} | {pct(h['clean'], h['n'])} | "
+                     f"{pct(t['ibp'], t['n'])} | {pct(h['ibp'], h['n'])} | {pct(t['pgd'], t['n'])} | "
+                     f"{pct(h['pgd'], h['n'])} |")
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"n": args.n, "pgd_steps": args.pgd_steps, "rows": rows},
                                                    indent=1) + "\n")

@@ -44,16 +44,20 @@ from attacks import PGD, AutoAttack
 from models.data import load_dataset
 from models.zoo import resolve
 from studies._common import discordant, paired_difference
-from verify import BranchAndBound, certify, lower, spec_matrix
-from verify._dense_graph import GraphError
+from verify import BranchAndBound, CertifyError, certify, lower, make_engine, spec_matrix
+
+from ._cells import pct, resumable_cells
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 100
 OFFSET = 8000
 #: issue 14's targets: model name -> (ε, clean %, certified %); the wide ε = 0.1 ODE-net is held to ode-cert-0.1's
 TARGETS = {"ode-cert-0.1": (0.1, 98.5, 95.0), "ode-cert-0.1-wide": (0.1, 98.5, 95.0), "ode-cert-0.3": (0.3, 97.0, 85.0)}
-#: per-image verdict letters of one image's cascade
+#: the stages that certify, with their per-image verdict letters (see :func:`cascade`)
 STAGES = ("ibp", "crown", "alpha", "bab")
+CERTIFIED, ATTACK_BOUND, BROKEN = "icab", "icabu", "mpf"
+#: what identifies a saved chunk in ``OUT.jsonl``
+KEY_FIELDS = ("kind", "model", "eps", "start", "size", "steps", "restarts", "bab_time")
 
 
 def model_eps(spec: str, meta: dict[str, Any]) -> float:
@@ -71,9 +75,11 @@ def make_bab(model: nn.Module, bab_time: float, seed: int = 0) -> BranchAndBound
     """The model's branch and bound on a CPU-time limit, or None where it has no dense affine–ReLU graph
     (max pooling): then neither α-CROWN nor BaB runs (the dense α-CROWN would fall back to auto_LiRPA)."""
     try:
-        return BranchAndBound(lower(model), "inf", time_limit=bab_time, clock=time.process_time, seed=seed)
-    except GraphError:
+        bab = make_engine(lower(model), "inf", "bab", time_limit=bab_time)
+    except CertifyError:  # "bab needs a dense affine–ReLU graph"
         return None
+    bab.clock, bab.seed = time.process_time, seed
+    return bab
 
 
 def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, restarts: int,
@@ -97,7 +103,8 @@ def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step
         return out
 
     with torch.no_grad():
-        ok = model(x).argmax(1) == y
+        logits = model(x)
+    ok = logits.argmax(1) == y
     open_ = ok.clone()
     for stage, method, letter in (("ibp", "ibp", "i"), ("crown", "crown", "c")):
         idx = open_.nonzero().flatten()
@@ -122,7 +129,7 @@ def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step
     calls = []
     idx = open_.nonzero().flatten().tolist() if bab is not None else []
     if idx:
-        C = spec_matrix(y, int(model(x[:1]).shape[1]))
+        C = spec_matrix(y, logits.shape[1])
         for j in idx:
             v = run("bab", lambda: bab.verdict(x[j:j + 1], eps, C[j]))
             verdict[j] = {"verified": "b", "falsified": "f"}.get(v.status, "u")
@@ -140,7 +147,7 @@ def autoattack_certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
                          seed: int = 0) -> dict[str, Any]:
     """AutoAttack on one chunk's certified images: ``robust`` one letter per image (``1`` survived, ``0``
     broken: a violation, ``-`` not certified so not attacked) and the CPU seconds."""
-    idx = [j for j, v in enumerate(verdict) if v in "icab"]
+    idx = [j for j, v in enumerate(verdict) if v in CERTIFIED]
     robust = ["-"] * len(verdict)
     t0 = time.process_time()
     if idx:
@@ -156,27 +163,23 @@ def summarize(verdict: str, pgd: str, autoattack: str = "") -> dict[str, int]:
     n = len(verdict)
     counts = {"n": n, "clean": sum(v != "m" for v in verdict)}
     total = 0
-    for stage, letter in zip(STAGES, "icab"):
+    for stage, letter in zip(STAGES, CERTIFIED):
         total += verdict.count(letter)
         counts[f"+{stage}"] = total
     counts["certified"] = total
     counts["bab_falsified"] = verdict.count("f")
     counts["unknown"] = verdict.count("u")
-    counts["attack_bound"] = sum(v not in "mpf" for v in verdict)
+    counts["attack_bound"] = sum(v not in BROKEN for v in verdict)
     aa = autoattack.ljust(n, "-")
-    counts["violations"] = sum(v in "icab" and (p == "0" or a == "0") for v, p, a in zip(verdict, pgd, aa))
+    counts["violations"] = sum(v in CERTIFIED and (p == "0" or a == "0") for v, p, a in zip(verdict, pgd, aa))
     return counts
 
 
 def _verdicts(verdict: str, kind: str) -> list[bool]:
     """Per image: correct (``clean``), certified, or neither broken nor misclassified (``attack_bound``)."""
-    letters = {"clean": "icabpfu", "certified": "icab", "attack_bound": "icabu"}[kind]
-    return [v in letters for v in verdict]
-
-
-def _pct(k: int, n: int) -> str:
-    p = k / n
-    return f"{100 * p:.2f} ± {100 * math.sqrt(p * (1 - p) / n):.2f}"
+    if kind == "clean":
+        return [v != "m" for v in verdict]
+    return [v in (CERTIFIED if kind == "certified" else ATTACK_BOUND) for v in verdict]
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -200,9 +203,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             met = "–" if tgt is None or abs(tgt[0] - r["eps"]) > 1e-9 else (
                 f"{tgt[1]:g} / {tgt[2]:g}: " + ("met" if 100 * c["clean"] / k >= tgt[1]
                                                 and 100 * c["certified"] / k >= tgt[2] else "missed"))
-            lines.append(f"| {r['model']} | {r['eps']:g} | {label} | {_pct(c['clean'], k)} | {_pct(c['+ibp'], k)} | "
-                         f"{_pct(c['+crown'], k)} | {_pct(c['+alpha'], k)} | **{_pct(c['certified'], k)}** | "
-                         f"{c['bab_falsified']} | {c['unknown']} | {_pct(c['attack_bound'], k)} | {c['violations']} | "
+            lines.append(f"| {r['model']} | {r['eps']:g} | {label} | {pct(c['clean'], k, 2)} | {pct(c['+ibp'], k, 2)} | "
+                         f"{pct(c['+crown'], k, 2)} | {pct(c['+alpha'], k, 2)} | **{pct(c['certified'], k, 2)}** | "
+                         f"{c['bab_falsified']} | {c['unknown']} | {pct(c['attack_bound'], k, 2)} | {c['violations']} | "
                          f"{met} |")
     same_eps = [r for r in rows[1:] if r["eps"] == rows[0]["eps"] and r["n"] == rows[0]["n"]]
     if same_eps:
@@ -278,37 +281,29 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
     config = {"steps": args.steps, "restarts": args.restarts, "bab_time": args.bab_time}
-    done: dict[tuple, dict[str, Any]] = {}
-    if jsonl.exists():
-        for line in jsonl.read_text().splitlines():
-            c = json.loads(line)
-            done[(c.get("kind", "cascade"), c["model"], c["eps"], c["start"], c["size"],
-                  json.dumps(c["config"], sort_keys=True))] = c
     x, y = load_dataset("mnist-t10k", "test", n=args.n)
+    chunks = [(s, min(CHUNK, args.n - s)) for s in range(0, args.n, CHUNK)]
     rows = []
     for name, eps, model in todo:
-        chunks, aa, bab = [], [], make_bab(model, args.bab_time)
-        for s in range(0, args.n, CHUNK):
-            m = min(CHUNK, args.n - s)
-            key = ("cascade", name, eps, s, m, json.dumps(config, sort_keys=True))
-            if key not in done:
-                c = cascade(model, x[s:s + m], y[s:s + m], eps, args.steps, args.restarts, bab)
-                done[key] = c = {"model": name, "eps": eps, "start": s, "size": m, "config": config, **c}
-                with jsonl.open("a") as f:
-                    f.write(json.dumps(c) + "\n")
-            chunks.append(done[key])
-            if s < args.autoattack:
-                akey = ("autoattack", *key[1:])
-                if akey not in done:
-                    a = autoattack_certified(model, x[s:s + m], y[s:s + m], eps, done[key]["verdict"])
-                    done[akey] = a = {"kind": "autoattack", "model": name, "eps": eps, "start": s, "size": m,
-                                      "config": config, **a}
-                    with jsonl.open("a") as f:
-                        f.write(json.dumps(a) + "\n")
-                aa.append(done[akey])
-        row = {"model": name, "eps": eps, "n": args.n, "verdict": "".join(c["verdict"] for c in chunks),
-               "pgd": "".join(c["pgd"] for c in chunks),
-               "seconds": {k: sum(c["seconds"][k] for c in chunks) for k in chunks[0]["seconds"]},
+        bab = make_bab(model, args.bab_time)
+        cascades: dict[int, dict[str, Any]] = {}
+
+        def cell(kind: str, model_: str, eps_: float, s: int, m: int, *_: Any) -> dict[str, Any]:
+            xb, yb = x[s:s + m], y[s:s + m]
+            out_ = (cascade(model, xb, yb, eps, args.steps, args.restarts, bab) if kind == "cascade" else
+                    autoattack_certified(model, xb, yb, eps, cascades[s]["verdict"]))
+            return {"kind": kind, "model": model_, "eps": eps_, "start": s, "size": m, **config, "config": config,
+                    **out_}
+
+        key = (name, eps, args.steps, args.restarts, args.bab_time)
+        done = resumable_cells(jsonl, KEY_FIELDS, [("cascade", *key[:2], s, m, *key[2:]) for s, m in chunks], cell,
+                               defaults={"kind": "cascade"})
+        cascades.update((c["start"], c) for c in done)
+        aa = resumable_cells(jsonl, KEY_FIELDS, [("autoattack", *key[:2], s, m, *key[2:]) for s, m in chunks
+                                                 if s < args.autoattack], cell, defaults={"kind": "cascade"})
+        row = {"model": name, "eps": eps, "n": args.n, "verdict": "".join(c["verdict"] for c in done),
+               "pgd": "".join(c["pgd"] for c in done),
+               "seconds": {k: sum(c["seconds"][k] for c in done) for k in done[0]["seconds"]},
                "dense_graph": bab is not None}
         if aa:
             row["autoattack"] = "".join(a["robust"] for a in aa)[:args.autoattack]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from models.data import load_dataset
 from models.zoo import load_with_metadata
 from verify import certify
 
+from ._cells import pct
 from ._gains_peer import GAINS_EPS, load_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -127,11 +127,6 @@ def _summary(rows: list[dict[str, Any]], gains: dict[int, dict[float, dict[str, 
     return out
 
 
-def _pct(k: int, n: int) -> str:
-    p = k / n
-    return f"{100 * p:.1f} ± {100 * math.sqrt(p * (1 - p) / n):.1f}"
-
-
 def _markdown(res: dict[str, Any]) -> str:
     lines = ["# Certified ODE-nets: ours (`ode-cert-0.1`) against GAINS (ε_t = 0.11)", "",
              f"Command: `{res['command']}`. One thread each side; ± is the binomial standard error.", ""]
@@ -144,11 +139,11 @@ def _markdown(res: dict[str, Any]) -> str:
         for s in side["summary"]:
             n = s["n"]
             gp = res["gains_pgd"]
-            gpgd = _pct(gp[f"{s['eps']:g}"]["holds"], gp["n"]) if gp.get("available") else "–"
+            gpgd = pct(gp[f"{s['eps']:g}"]["holds"], gp["n"]) if gp.get("available") else "–"
             gs = "–" if s["gains_s"] is None else f"{s['gains_s']:.1f} ({s['gains_attempted']} attempts)"
-            lines.append(f"| {s['eps']:g} | {_pct(s['clean'], n)} | {_pct(s['ibp'], n)} | {_pct(s['crown'], n)} | "
-                         f"{_pct(s['union'], n)} | {_pct(s['pgd'], n)} | {s['ibp_s']:.3f} ({s['ibp_cpu_s']:.3f}) / "
-                         f"{s['crown_s']:.3f} ({s['crown_cpu_s']:.3f}) | {_pct(s['gains_clean'], n)} | {_pct(s['gains_cert'], n)} | {gpgd} | {gs} |")
+            lines.append(f"| {s['eps']:g} | {pct(s['clean'], n)} | {pct(s['ibp'], n)} | {pct(s['crown'], n)} | "
+                         f"{pct(s['union'], n)} | {pct(s['pgd'], n)} | {s['ibp_s']:.3f} ({s['ibp_cpu_s']:.3f}) / "
+                         f"{s['crown_s']:.3f} ({s['crown_cpu_s']:.3f}) | {pct(s['gains_clean'], n)} | {pct(s['gains_cert'], n)} | {gpgd} | {gs} |")
         lines.append("")
     gp = res["gains_pgd"]
     if not gp.get("available"):
@@ -160,8 +155,8 @@ def _markdown(res: dict[str, Any]) -> str:
               "|" + "---|" * 9]
     for s in own["summary"]:
         n = s["n"]
-        lines.append(f"| {s['eps']:g} | {_pct(s['clean'], n)} | {_pct(s['ibp'], n)} | {_pct(s['crown'], n)} | "
-                     f"{_pct(s['union'], n)} | {_pct(s['pgd'], n)} | {s['ibp_s']:.3f} ({s['ibp_cpu_s']:.3f}) | "
+        lines.append(f"| {s['eps']:g} | {pct(s['clean'], n)} | {pct(s['ibp'], n)} | {pct(s['crown'], n)} | "
+                     f"{pct(s['union'], n)} | {pct(s['pgd'], n)} | {s['ibp_s']:.3f} ({s['ibp_cpu_s']:.3f}) | "
                      f"{s['crown_s']:.3f} ({s['crown_cpu_s']:.3f}) | "
                      f"{s['violations']} |")
     lines += ["", *[f"- {t}" for t in res["notes"]], ""]

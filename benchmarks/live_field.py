@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,8 @@ from models.data import load_dataset
 from models.zoo import resolve
 from studies._common import paired_difference
 from verify import certify
+
+from ._cells import pct
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 250
@@ -130,11 +131,6 @@ def _verdicts(row: dict[str, Any], kind: str) -> list[bool]:
     return [p == "1" for p in per[kind]]
 
 
-def _pct(k: int, n: int) -> str:
-    p = k / n
-    return f"{100 * p:.1f} ± {100 * math.sqrt(p * (1 - p) / n):.1f}"
-
-
 def report(rows: list[dict[str, Any]]) -> str:
     """The markdown table of ``rows`` (first row: the reference of the paired differences)."""
     n, eps = rows[0]["n"], rows[0]["eps"]
@@ -144,8 +140,8 @@ def report(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         act, sol = r["activity"], r["solver"]
         swap = f"{sol['rk4-4']['max_abs_dlogit']:.2g} ({sol['rk4-4']['agree']}/{n})" if sol else "–"
-        lines.append(f"| {r['model']} | {_pct(r['clean'], n)} | {_pct(r['ibp'], n)} | {_pct(r['crown'], n)} | "
-                     f"{_pct(r['ibp_or_crown'], n)} | {_pct(r['pgd'], n)} | {r['violations']} | "
+        lines.append(f"| {r['model']} | {pct(r['clean'], n)} | {pct(r['ibp'], n)} | {pct(r['crown'], n)} | "
+                     f"{pct(r['ibp_or_crown'], n)} | {pct(r['pgd'], n)} | {r['violations']} | "
                      f"{100 * act['alive']:.1f} % | {100 * act['mean_active']:.1f} % | {swap} |")
     ref = rows[0]["model"]
     lines += ["", f"Paired differences against {ref} (points, ± McNemar standard error):", "",
