@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         def cell(kind: str, model_: str, eps_: float, s: int, m: int, *_: Any) -> dict[str, Any]:
             xb, yb = x[s:s + m], y[s:s + m]
             out_ = (cascade(model, xb, yb, eps, args.steps, args.restarts, bab) if kind == "cascade" else
-                    autoattack_certified(model, xb, yb, eps, cascades[s]["verdict"]))
+                    autoattack_certified(model, xb, yb, eps, cascades[s]["verdict"][:m]))
             return {"kind": kind, "model": model_, "eps": eps_, "start": s, "size": m, **config, "config": config,
                     **out_}
 
@@ -299,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         done = resumable_cells(jsonl, KEY_FIELDS, [("cascade", *key[:2], s, m, *key[2:]) for s, m in chunks], cell,
                                defaults={"kind": "cascade"})
         cascades.update((c["start"], c) for c in done)
-        aa = resumable_cells(jsonl, KEY_FIELDS, [("autoattack", *key[:2], s, m, *key[2:]) for s, m in chunks
-                                                 if s < args.autoattack], cell, defaults={"kind": "cascade"})
+        aa = resumable_cells(jsonl, KEY_FIELDS, [("autoattack", *key[:2], s, min(m, args.autoattack - s), *key[2:])
+                                                 for s, m in chunks if s < args.autoattack], cell,
+                             defaults={"kind": "cascade"})
         row = {"model": name, "eps": eps, "n": args.n, "verdict": "".join(c["verdict"] for c in done),
                "pgd": "".join(c["pgd"] for c in done),
                "seconds": {k: sum(c["seconds"][k] for c in done) for k in done[0]["seconds"]},

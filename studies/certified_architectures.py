@@ -5,9 +5,8 @@ vulnerable to minimum-norm attacks. Both judge by attacks. Here four zoo models 
 same size, trained with the *same* certified recipe (IBP at 1.1·ε, ``python -m verify train``),
 are compared by what can be proved about them: an ODE-net (one shared vector field, Euler,
 2 steps of h = 0.5), the ResNet with the same stem, field and head (2 independent blocks) at
-step s = 0.5 and s = 1, and LeNet-5 (trained with the first certified recipe, cosine learning
-rate and smooth ε ramp, which gave the ODE-net 2.5 points less: it is a reference, not part of
-the ODE-net / ResNet verdict). For every ε of :data:`EPS` the study measures, on the
+step s = 0.5 and s = 1, and LeNet-5 (the classical convnet of seed 000, with max pooling; a
+reference, not part of the ODE-net / ResNet verdict). For every ε of :data:`EPS` the study measures, on the
 held-out images of ``mnist-t10k``:
 
 * IBP-certified and CROWN-certified accuracy (:func:`verify.certify`), and their union;
@@ -68,7 +67,7 @@ MODELS: tuple[tuple[str, str], ...] = (
     ("ode-cert-0.1", "ODE-net (Euler, 2 steps, h=0.5)"),
     ("resnet-cert-0.1", "ResNet, s=0.5"),
     ("resnet-s1-cert-0.1", "ResNet, s=1"),
-    ("lenet5-cert-0.1", "LeNet-5 (first recipe)"),
+    ("lenet5-cert-0.1", "LeNet-5"),
     ("ode-cert-0.1-mtl-ibp", "ODE-net, live field (MTL-IBP, then IBP)"),
     ("resnet-cert-0.1-mtl-ibp", "ResNet, s=0.5, live (MTL-IBP, then IBP)"),
 )

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mtl-ibp's PGD steps per batch (De Palma et al. use 1 on MNIST; default: the preset's, else 8)")
     p.add_argument("--init", choices=INITS, default=None, help="weight initialisation (ibp: Shi et al.)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default=None, help="learning-rate schedule")
+    p.add_argument("--lr-steps", type=int, nargs="+", default=None, metavar="EPOCH",
+                   help="epochs at whose start the learning rate is multiplied by --lr-step-factor (step decay)")
+    p.add_argument("--lr-step-factor", type=float, default=None, help="factor of each --lr-steps step (default 0.2)")
     p.add_argument("--shift", type=int, default=None, help="random-translation augmentation in pixels (0: none)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=JSON",
                    help="override one constructor argument of the preset's model, e.g. channels=32 (repeatable)")
@@ -157,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(preset, args)
     recipe: Recipe = dataclasses.replace(preset.recipe, **{k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "schedule": args.schedule, "shift": args.shift}.items()
+        "schedule": args.schedule, "shift": args.shift,
+        "lr_steps": None if args.lr_steps is None else tuple(args.lr_steps),
+        "lr_step_factor": args.lr_step_factor}.items()
         if v is not None})
     for name in ("n_train", "n_eval"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -45,11 +45,12 @@ def test_autoattack_on_the_certified_images(tmp_path: Path) -> None:
     out = tmp_path / "ct"
     args = ["ode-cert-0.1", "--n", "4", "--steps", "5", "--restarts", "1", "--bab-time", "2", "--out", str(out)]
     assert cert_targets.main(args) == 0
-    assert cert_targets.main([*args, "--autoattack", "4"]) == 0  # the cascade is reused, AutoAttack added
+    assert cert_targets.main([*args, "--autoattack", "3"]) == 0  # the cascade is reused, AutoAttack added
     lines = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert [c.get("kind", "cascade") for c in lines] == ["cascade", "autoattack"]
     verdict, robust = lines[0]["verdict"], lines[1]["robust"]
-    assert [r != "-" for r in robust] == [v in "icab" for v in verdict] and "1" in robust
+    assert lines[1]["size"] == 3  # the first K images only, not the whole chunk
+    assert [r != "-" for r in robust] == [v in "icab" for v in verdict[:3]] and "1" in robust
     row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
     assert row["autoattack"] == robust and row["all"]["violations"] == robust.count("0") == 0
 

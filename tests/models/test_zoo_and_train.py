@@ -233,6 +233,27 @@ def test_adversarial_budget_warms_up_then_ramps_step_by_step() -> None:
         Recipe(adv_ramp=-1)
 
 
+def test_lr_steps_multiply_the_rate_at_their_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _toy_data(256)  # 4 batches of 64 per epoch
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def record(self: torch.optim.Optimizer, *a: object, **k: object) -> object:
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    recipe = Recipe(epochs=5, batch_size=64, lr=1e-2, shift=0, schedule="constant", lr_steps=(2, 4),
+                    lr_step_factor=0.1)
+    train(MLP(hidden=(8,)), x, y, recipe, progress=False)
+    assert seen == pytest.approx([1e-2] * 8 + [1e-3] * 8 + [1e-4] * 4)
+    assert "lr_steps" not in Recipe().key()  # resume states written before the field stay valid
+    for bad in [dict(lr_steps=(3, 2)), dict(lr_steps=(0,)), dict(epochs=4, lr_steps=(4,)),
+                dict(lr_step_factor=0.0), dict(lr_step_factor=1.5)]:
+        with pytest.raises(ValueError, match="lr_step"):
+            Recipe(**{"epochs": 10, **bad})
+
+
 @needs_data
 def test_train_creates_the_output_directory(tmp_path: Path) -> None:
     out = tmp_path / "new" / "dir" / "m"

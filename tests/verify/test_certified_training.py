@@ -218,6 +218,8 @@ def test_resume_equals_uninterrupted_and_refuses_another_certified_recipe(tmp_pa
     (["train", "--preset", "ode-cert-0.1", "--config", "channels"], "KEY=VALUE"),
     (["train", "--preset", "ode-cert-0.1", "--kappa-end", "1.5"], "kappa_end"),
     (["train", "--preset", "ode-cert-0.1", "--pgd-steps", "0"], "pgd_steps"),
+    (["train", "--preset", "ode-cert-0.1", "--lr-steps", "100"], "lr_steps must be increasing epochs in 1..79"),
+    (["train", "--preset", "ode-cert-0.1", "--lr-steps", "10", "--lr-step-factor", "2"], "lr_step_factor"),
 ])
 def test_cli_bad_input_is_one_line_and_status_2(argv: list[str], needle: str, capsys) -> None:
     assert main(argv) == 2
