@@ -106,13 +106,17 @@ def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step
         logits = model(x)
     ok = logits.argmax(1) == y
     open_ = ok.clone()
-    for stage, method, letter in (("ibp", "ibp", "i"), ("crown", "crown", "c")):
+
+    def certify_open(stage: str, method: str, letter: str) -> None:
         idx = open_.nonzero().flatten()
         if len(idx):
             got = run(stage, lambda: certify(model, x[idx], y[idx], eps, "inf", method).certified)
             for j in idx[got].tolist():
                 verdict[j] = letter
             open_[idx[got]] = False
+
+    certify_open("ibp", "ibp", "i")
+    certify_open("crown", "crown", "c")
     pgd_ok = torch.zeros(n, dtype=torch.bool)
     idx = ok.nonzero().flatten()
     if len(idx):
@@ -120,12 +124,8 @@ def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step
                                       restarts=restarts, seed=seed)(x[idx], y[idx]))
         pgd_ok[idx] = ~res.success.cpu()
     open_ &= pgd_ok
-    idx = open_.nonzero().flatten()
-    if len(idx) and bab is not None:
-        got = run("alpha", lambda: certify(model, x[idx], y[idx], eps, "inf", "alpha-crown").certified)
-        for j in idx[got].tolist():
-            verdict[j] = "a"
-        open_[idx[got]] = False
+    if bab is not None:
+        certify_open("alpha", "alpha-crown", "a")
     calls = []
     idx = open_.nonzero().flatten().tolist() if bab is not None else []
     if idx:
@@ -195,9 +195,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
              "unknown | attack bound | violations | target (clean / certified) |",
              "|" + "---|" * 13]
     for r in rows:
-        for label, k in (("first 500", 500), (f"all {r['n']}", r["n"])):
-            if k > r["n"] or (k == 500 and r["n"] == 500 and label == "first 500"):
-                continue
+        for label, k in ([("first 500", 500)] if r["n"] > 500 else []) + [(f"all {r['n']}", r["n"])]:
             c = summarize(r["verdict"][:k], r["pgd"][:k], r.get("autoattack", "")[:k])
             tgt = TARGETS.get(r["model"])
             met = "–" if tgt is None or abs(tgt[0] - r["eps"]) > 1e-9 else (

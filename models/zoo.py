@@ -90,11 +90,10 @@ _CAS_CERT_ODE = {**_CERT_ODE, "solver": SolverConfig.cas("dopri5", 0.005, h0=0.5
 _CAS_CERT_EPOCHS = 10
 
 
-def _cert(eps: float, factor: float = 1.1, ramp_epochs: int = 40) -> dict[str, Any]:
-    """IBP at factor·ε (Gowal et al.: 1.1), κ 1 → 0.5, one clean epoch, ε ramped linearly over ``ramp_epochs`` (half
-    the run), the models' own initialisation (Shi et al.'s IBP initialisation starves these BatchNorm-free nets of
-    signal)."""
-    return {"loss": "ibp", "eps": round(factor * eps, 6), "eval_eps": eps, "warmup_epochs": 1,
+def _cert(eps: float, ramp_epochs: int = 40) -> dict[str, Any]:
+    """IBP at 1.1·ε (Gowal et al.), κ 1 → 0.5, one clean epoch, ε ramped linearly over ``ramp_epochs`` (half the run),
+    the models' own initialisation (Shi et al.'s IBP initialisation starves these BatchNorm-free nets of signal)."""
+    return {"loss": "ibp", "eps": round(1.1 * eps, 6), "eval_eps": eps, "warmup_epochs": 1,
             "ramp_epochs": ramp_epochs, "exponent": 1.0, "kappa_end": 0.5, "init": "default"}
 
 

@@ -161,8 +161,7 @@ def run(args: argparse.Namespace) -> int:
     recipe: Recipe = dataclasses.replace(preset.recipe, **{k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "schedule": args.schedule, "shift": args.shift,
-        "lr_steps": None if args.lr_steps is None else tuple(args.lr_steps),
-        "lr_step_factor": args.lr_step_factor}.items()
+        "lr_steps": args.lr_steps, "lr_step_factor": args.lr_step_factor}.items()
         if v is not None})
     for name in ("n_train", "n_eval"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
