@@ -144,7 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "adv": args.adv, "adv_eps": args.eps, "adv_steps": args.adv_steps, "adv_warmup": args.adv_warmup,
-        "adv_ramp": args.adv_ramp}.items() if v is not None}
+        "adv_ramp": args.adv_ramp, "lr_steps": args.lr_steps, "lr_step_factor": args.lr_step_factor}.items()
+        if v is not None}
     if args.T_range:
         overrides["T_range"] = tuple(args.T_range)
     recipe = dataclasses.replace(recipe, **overrides)
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--lr-steps", type=int, nargs="+", metavar="EPOCH",
+                   help="epochs at whose start the learning rate is multiplied by --lr-step-factor (step decay)")
+    t.add_argument("--lr-step-factor", type=float, help="factor of each --lr-steps step (default 0.2)")
     t.add_argument("--seed", type=int)
     t.add_argument("--adv", choices=["pgd", "fgsm"], help="adversarial training attack")
     t.add_argument("--eps", type=float, help="adversarial training L∞ budget")

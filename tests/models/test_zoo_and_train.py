@@ -254,6 +254,20 @@ def test_lr_steps_multiply_the_rate_at_their_epochs(monkeypatch: pytest.MonkeyPa
             Recipe(**{"epochs": 10, **bad})
 
 
+def test_models_train_passes_lr_steps_to_the_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import models.cli as cli
+
+    seen: list[Recipe] = []
+    monkeypatch.setattr(cli, "_train_and_save", lambda arch, config, recipe, *a, **k: seen.append(recipe))
+    argv = ["train", "--arch", "mlp", "--epochs", "6", "--out", str(tmp_path / "m")]
+    assert main(argv + ["--lr-steps", "2", "5", "--lr-step-factor", "0.5"]) == 0
+    assert seen[0].lr_steps == (2, 5) and seen[0].lr_step_factor == 0.5
+    assert main(argv + ["--lr-steps", "6"]) == 2  # the last epoch is 5: no step can start at 6
+    err = capsys.readouterr().err
+    assert err.startswith("error: lr_steps must be increasing epochs in 1..5") and err.count("\n") == 1
+
+
 @needs_data
 def test_train_creates_the_output_directory(tmp_path: Path) -> None:
     out = tmp_path / "new" / "dir" / "m"
