@@ -158,8 +158,8 @@ def markdown(s: dict[str, Any]) -> str:
     lines = [f"# Soundness campaign: {s['trials']} trials, seed(s) {s['seeds']}, code {s['fingerprints']}", "",
              f"Violations: **{s['violations']}** margins in {len(s['violating_trials'])} trials. Worst slack of a "
              f"checked bound {fmt(s['worst_slack'])}. Trial time {s['trial_seconds']:.0f} s (sum over workers), "
-             f"wall {fmt(s['wall_seconds'])} s. Architectures {s['architectures']}; norms {s['norms']}; alpha-crown on "
-             f"trials i % {s['alpha_every']} == 0; tolerance {s['tolerance']}; attack {s['attack']} plus the clean "
+             f"wall {fmt(s['wall_seconds'])} s. Architectures {s['architectures']}; norms {s['norms']}; alpha-crown and "
+             f"lp-all on trials i % {s['alpha_every']} == 0; tolerance {s['tolerance']}; attack {s['attack']} plus the clean "
              "point.", "",
              "| method | engine | norm | trials | checked | margins | violated | refused | failed | crashed | invalid "
              "| engine used | worst slack (trial) | median slack |", "|" + "---|" * 14]

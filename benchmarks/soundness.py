@@ -20,7 +20,8 @@ bounds against the smallest margins found in that set:
   first-order radius, so ε is both far below and far above the radius; norm inf or 2.
 * methods: ibp, crown (engine "auto": the dense engine when the model has a dense graph, else
   auto_LiRPA; and engine "auto_lirpa"), forward, lipschitz on every trial; alpha-crown (slow
-  through auto_LiRPA) on trials with ``trial % alpha_every == 0``.
+  through auto_LiRPA) and lp-all (HiGHS, up to a minute on a 3-step ODE-net; L∞ and dense
+  graphs only, refused otherwise) on trials with ``trial % alpha_every == 0``.
 * attack: the clean point, 32 sampled points (L∞: random clipped corners and uniform points of
   the box [x−ε, x+ε] ∩ [0, 1]; L2: random directions at radius ε and uniform points of the ball,
   clipped to [0, 1], which keeps them in the ball) and a per-margin PGD (each margin minimised
@@ -75,9 +76,12 @@ from benchmarks._soundness_report import summarize as _summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-#: (method, engine) pairs bounded on every trial; alpha-crown on a fraction (``alpha_every``).
+#: (method, engine) pairs bounded on every trial; alpha-crown and lp-all on a fraction (``alpha_every``).
 METHODS: tuple[tuple[str, str], ...] = (("ibp", "auto"), ("crown", "auto"), ("crown", "auto_lirpa"),
-                                        ("forward", "auto"), ("lipschitz", "auto"), ("alpha-crown", "auto"))
+                                        ("forward", "auto"), ("lipschitz", "auto"), ("alpha-crown", "auto"),
+                                        ("lp-all", "auto"))
+#: methods run only on trials with ``trial % alpha_every == 0``.
+OCCASIONAL = ("alpha-crown", "lp-all")
 REFUSALS = ("UnsupportedLayerError", "GraphError", "_LayoutError", "CertifyError", "LipschitzError",
             "TableauError", "NotImplementedError", "SolverConfigError")
 #: auto_LiRPA failed inside its own code (a clear error, no bound): "failed", apart from refusals.
@@ -272,7 +276,7 @@ def run_trial(seed: int, trial: int, alpha_every: int = 20, bound_shift: float =
                            "clean_margins": (C @ logits).tolist(), "found": best.value.tolist(),
                            "points": best.count, "attack_seconds": time.perf_counter() - start, "methods": {}}
     for method, engine in METHODS:
-        if method == "alpha-crown" and not (alpha_every and trial % alpha_every == 0):
+        if method in OCCASIONAL and not (alpha_every and trial % alpha_every == 0):
             continue
         rec["methods"][f"{method}/{engine}"] = _check_method(model, x, y, eps, norm, method, engine, best, scale, C,
                                                              bound_shift)

@@ -7,8 +7,8 @@ The public API research code calls::
     r = Certifier(model, "inf", "crown").radius(x[:1], y[:1], eps_max=1.0)  # RadiusResult
 
 The model is lowered once to the verification IR (:func:`lower`), from which every engine
-(:class:`DenseCrown`, :class:`DenseAlphaCrown`, :class:`BranchAndBound`, :class:`Lirpa`,
-:class:`LipschitzMargin`) is built; every result says
+(:class:`DenseCrown`, :class:`DenseAlphaCrown`, :class:`BranchAndBound`, :class:`Milp`,
+:class:`LpAll`, :class:`Lirpa`, :class:`LipschitzMargin`) is built; every result says
 what it covers (the deployed model, or an adaptive solver's fixed-step surrogate).
 """
 
@@ -24,6 +24,7 @@ from ._lower import AdaptiveSolverError as AdaptiveSolverError
 from ._lower import Lowered as Lowered
 from ._lower import UnsupportedLayerError as UnsupportedLayerError
 from ._lower import lower as lower
+from ._lp_all import LpAll as LpAll
 from ._milp import ExactRadius as ExactRadius
 from ._milp import Milp as Milp
 from ._milp import exact_radius as exact_radius
@@ -53,5 +54,5 @@ __all__ = [
     "AdaptiveSolverError", "BranchAndBound", "CertResult", "Certifier", "CertifyError", "DenseAlphaCrown", "DenseCrown", "Engine", "EngineError",
     "Lirpa", "LipschitzMargin", "Lowered", "RadiusResult", "Reference", "TrajectoryGraph", "UnsupportedLayerError", "Unrolled", "Verdict",
     "certify", "lower", "make_engine", "search_radius", "spec_matrix", "unroll",
-    "ExactRadius", "Milp", "exact_radius", "export_benchmark", "export_onnx",
+    "ExactRadius", "LpAll", "Milp", "exact_radius", "export_benchmark", "export_onnx",
 ]

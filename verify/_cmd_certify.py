@@ -10,7 +10,7 @@ from typing import Any
 from models.cli_support import add_model_arguments, resolve_device
 
 from ._cmd_attack import _solver_spec
-from .certify import BAB_TIME_LIMIT, ENGINES, METHODS
+from .certify import BAB_TIME_LIMIT, ENGINES, EXPENSIVE, METHODS
 from ._backends import BACKENDS, certify_parallel, make_backend
 from .run import RunConfigError, RunSpec, certify_run, finished_examples, parse_shard
 
@@ -51,13 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", choices=["inf", "2"], default="inf")
     p.add_argument("--method", choices=[*METHODS, "all"], default="crown",
                    help="alpha-crown: the dense engine's α-CROWN (auto_LiRPA's with --engine auto_lirpa); bab: branch "
-                        "and bound; milp: exact margins by mixed-integer programming (small networks); all: every "
-                        "method but bab and milp")
+                        "and bound; milp: exact margins by mixed-integer programming (small networks); lp-all: every "
+                        "neuron bounded by its own LP, the ceiling of alpha-crown (small networks); all: every "
+                        "method but bab, milp and lp-all")
     p.add_argument("--engine", choices=list(ENGINES), default="auto",
                    help="auto: the dense engine for crown and alpha-crown where the model has a dense graph")
     p.add_argument("--time-limit", type=_seconds, default=BAB_TIME_LIMIT,
                    help="bab: seconds per example and bound evaluation (then the verdict is unknown); milp: "
-                        "seconds per margin program")
+                        "seconds per margin program; lp-all: seconds per example")
     p.add_argument("--n", type=_positive_int, default=100, help="held-out examples (the first n)")
     p.add_argument("--eps", type=_eps, nargs="+", help="ε values of the certified-accuracy table")
     p.add_argument("--out", default=None, help="run directory (default runs/certify-<model>-<norm>-<method>)")
@@ -86,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _spec(args: argparse.Namespace, arch: str | None) -> RunSpec:
     """The run's spec from the command line (``config.json`` of the run directory)."""
     return RunSpec(model=args.model, weights=args.weights, arch=arch, norm=args.norm,
-                   methods=tuple(m for m in METHODS if m not in ("bab", "milp")) if args.method == "all" else (args.method,),
+                   methods=tuple(m for m in METHODS if m not in EXPENSIVE) if args.method == "all" else (args.method,),
                    n=args.n, engine=args.engine, time_limit=args.time_limit,
                    eps=tuple(args.eps or ()), seed=args.seed, attack=not args.no_attack, jobs=args.jobs,
                    solver=args.solver, fixed_steps=args.fixed_steps, shard=parse_shard(args.shard))

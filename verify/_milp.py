@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._dense_graph import DenseGraph, GraphError
+from ._dense_graph import DenseGraph
 from ._errors import CertifyError
 from ._lower import Lowered, lower
 from ._milp_encoding import Encoder, Solution
@@ -117,16 +117,8 @@ class Milp:
     search_reference = False
 
     def __init__(self, ir: Lowered, norm: str = "inf", time_limit: float = TIME_LIMIT) -> None:
-        if norm != "inf":
-            raise CertifyError(f"milp encodes the L∞ ball only, not norm {norm!r}")
-        if not (time_limit > 0):
-            raise CertifyError(f"milp time_limit must be > 0, got {time_limit!r}")
-        try:
-            graph = DenseGraph.from_lowered(ir)
-        except GraphError as err:
-            raise CertifyError(f"milp: {err}") from err
+        self.encoder = Encoder.for_engine("milp", ir, norm, time_limit)
         self.ir, self.time_limit = ir, float(time_limit)
-        self.encoder = Encoder(graph)
         #: per-row HiGHS solutions of the last :meth:`margins` call (status, seconds, nodes).
         self.last_solutions: list[Solution] = []
 

@@ -42,7 +42,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ._dense_graph import DenseGraph
+from ._dense_graph import DenseGraph, GraphError
+from ._errors import CertifyError
+from ._lower import Lowered
 from .crown import Crown
 
 #: relative and absolute widening of float32 CROWN bounds before they become float64 big-M constants.
@@ -115,6 +117,19 @@ class Program:
         self.n_row += len(lo)
 
     def solve(self, cost: np.ndarray, time_limit: float) -> Solution:
+        h = self.highs(cost, time_limit)
+        start = time.perf_counter()
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        info = h.getInfo()
+        has_x = info.primal_solution_status == 2  # kSolutionStatusFeasible
+        x = np.asarray(h.getSolution().col_value) if has_x else None
+        return Solution(status, float(info.mip_dual_bound), float(info.objective_function_value) if has_x else _INF,
+                         x, time.perf_counter() - start, int(info.mip_node_count))
+
+    def highs(self, cost: np.ndarray, time_limit: float, relax: bool = False):  # noqa: ANN201 - highspy.Highs
+        """A HiGHS instance holding the program (minimise ``cost``), not yet run; ``relax``: every
+        column continuous (the LP relaxation: a ReLU's big-M rows with a ∈ [0, 1] are its triangle)."""
         import highspy
         from scipy import sparse
 
@@ -130,8 +145,9 @@ class Program:
         a.sum_duplicates()
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
-        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                           for i in np.concatenate(self.col_int)]
+        if not relax:
+            lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                               for i in np.concatenate(self.col_int)]
         h = _highs()
         h.setOptionValue("time_limit", max(float(time_limit), 0.01))
         h.setOptionValue("mip_rel_gap", REL_GAP)
@@ -142,14 +158,7 @@ class Program:
         h.setOptionValue("mip_heuristic_run_rins", False)
         h.setOptionValue("mip_heuristic_run_rens", False)
         h.passModel(lp)
-        start = time.perf_counter()
-        h.run()
-        status = h.modelStatusToString(h.getModelStatus())
-        info = h.getInfo()
-        has_x = info.primal_solution_status == 2  # kSolutionStatusFeasible
-        x = np.asarray(h.getSolution().col_value) if has_x else None
-        return Solution(status, float(info.mip_dual_bound), float(info.objective_function_value) if has_x else _INF,
-                         x, time.perf_counter() - start, int(info.mip_node_count))
+        return h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +173,23 @@ class Solution:
 
 class Encoder:
     """The MILP encoding of one dense graph around one input (node-order vectors, float64)."""
+
+    @classmethod
+    def for_engine(cls, method: str, ir: Lowered, norm: str, time_limit: float) -> Encoder:
+        """The encoder of an engine (``milp``, ``lp-all``) after checking its arguments.
+
+        Raises:
+            CertifyError: a norm other than ``"inf"``, a non-positive time limit, an IR without a
+                dense affine–ReLU graph (e.g. max pooling).
+        """
+        if norm != "inf":
+            raise CertifyError(f"{method} encodes the L∞ ball only, not norm {norm!r}")
+        if not (time_limit > 0):
+            raise CertifyError(f"{method} time_limit must be > 0, got {time_limit!r}")
+        try:
+            return cls(DenseGraph.from_lowered(ir))
+        except GraphError as err:
+            raise CertifyError(f"{method}: {err}") from err
 
     def __init__(self, graph: DenseGraph) -> None:
         self.graph = graph
@@ -222,11 +248,12 @@ class Encoder:
         return out, rows
 
     def encode(self, x0: np.ndarray, box: tuple[np.ndarray, np.ndarray], bounds: list[tuple[np.ndarray, np.ndarray]],
-               eps_ceiling: float | None) -> tuple[Program, np.ndarray, int | None, int]:
+               eps_ceiling: float | None, upto: int | None = None) -> tuple[Program, np.ndarray, int | None, int]:
         """(program, logit columns, ε column or None, binaries) of the network on ``box``.
 
         With ``eps_ceiling`` the program also has a column ε ∈ [0, ceiling] and the rows
-        x0 − ε ≤ x' ≤ x0 + ε (the box being the ceiling's ε-box ∩ [0, 1]).
+        x0 − ε ≤ x' ≤ x0 + ε (the box being the ceiling's ε-box ∩ [0, 1]). With ``upto`` only
+        nodes 1..upto are encoded and the second item is node ``upto``'s columns.
         """
         prog = Program()
         var: list[np.ndarray] = [prog.add_cols(*box)]
@@ -240,7 +267,8 @@ class Encoder:
                               np.concatenate([np.full(len(k), sign), np.ones(len(k))]), sign * x0[k],
                               np.full(len(k), _INF))
         binaries = 0
-        for i, node in enumerate(self.graph.nodes[1:], start=1):
+        last = self.graph.output if upto is None else upto
+        for i, node in enumerate(self.graph.nodes[1:last + 1], start=1):
             lo, hi = bounds[i]
             if node.kind == "relu":
                 var.append(self._relu(prog, var[node.src[0]], bounds[node.src[0]]))
@@ -263,7 +291,7 @@ class Encoder:
             prog.add_rows(np.concatenate([r, d]), np.concatenate([src, v]), np.concatenate([w, -np.ones(node.dim)]),
                           -b, -b)
             var.append(v)
-        return prog, var[self.graph.output], eps_col, binaries
+        return prog, var[last], eps_col, binaries
 
     @staticmethod
     def _relu(prog: Program, p: np.ndarray, pre: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

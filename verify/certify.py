@@ -55,13 +55,16 @@ from ._search import search_radius
 from ._spec import spec_matrix as spec_matrix
 from .crown import GraphError
 from ._bab import BranchAndBound
+from ._lp_all import LpAll
 from ._milp import Milp
 from ._trajectory import TrajectoryGraph
 from .engines import DenseAlphaCrown, DenseCrown, Engine, LipschitzMargin, Reference
 from .unroll import Unrolled
 
-#: certification methods: auto_LiRPA's four, the Lipschitz margin and branch and bound.
-METHODS: tuple[str, ...] = (*LIRPA_METHODS, "lipschitz", "bab", "milp")
+#: certification methods: auto_LiRPA's four, the Lipschitz margin, branch and bound, the exact MILP and LP-all.
+METHODS: tuple[str, ...] = (*LIRPA_METHODS, "lipschitz", "bab", "milp", "lp-all")
+#: the methods ``all`` leaves out (each costs minutes to hours per bound on the zoo's larger nets).
+EXPENSIVE: tuple[str, ...] = ("bab", "milp", "lp-all")
 #: seconds per example and ε of branch and bound (``bab``) unless given.
 BAB_TIME_LIMIT = 60.0
 #: implementations of CROWN a :class:`Certifier` can use.
@@ -142,7 +145,9 @@ def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
     ``engine="auto_lirpa"`` always uses auto_LiRPA. The other methods: auto_LiRPA, or the
     Lipschitz margin. ``bab``: :class:`BranchAndBound` (dense graph, L∞ only), ``time_limit``
     seconds per example and ε. ``milp``: :class:`verify._milp.Milp`, the exact margins by mixed-integer
-    programming (dense graph, L∞ only), ``time_limit`` seconds per margin program. A model with a
+    programming (dense graph, L∞ only), ``time_limit`` seconds per margin program. ``lp-all``:
+    :class:`verify._lp_all.LpAll`, every neuron bounded by its own triangle-relaxation LP (α-CROWN's
+    ceiling; dense graph, L∞ only), ``time_limit`` seconds per example. A model with a
     controlled adaptive solver (:class:`~verify._lower.CASFlow`) is certified as deployed by
     :class:`~verify._trajectory.TrajectoryGraph` (``crown``, the default, only).
 
@@ -159,10 +164,10 @@ def make_engine(ir: Lowered, norm: str, method: str, batch_size: int = 1,
         return TrajectoryGraph(ir, norm)
     if method == "lipschitz":
         return LipschitzMargin(ir, norm)
-    if method == "milp":
+    if method in ("milp", "lp-all"):
         if engine != "auto" or bound_opts is not None:
-            raise CertifyError("milp runs on the dense graph only (engine auto, no auto_LiRPA options)")
-        return Milp(ir, norm, time_limit)
+            raise CertifyError(f"{method} runs on the dense graph only (engine auto, no auto_LiRPA options)")
+        return Milp(ir, norm, time_limit) if method == "milp" else LpAll(ir, norm, time_limit)
     if method == "bab":
         if engine != "auto" or bound_opts is not None:
             raise CertifyError("bab runs on the dense engine only (engine auto, no auto_LiRPA options)")

@@ -15,6 +15,9 @@ stable neurons. A reference belongs to the engine that made it.
   (:mod:`verify._lirpa`), traced on first use.
 * :class:`verify._milp.Milp` — the exact margins by mixed-integer programming (HiGHS) on the
   same graph, big-M from CROWN's bounds; L∞ only, small networks.
+* :class:`verify._lp_all.LpAll` — LP-all: every unstable neuron bounded by its own
+  triangle-relaxation LP, then the margins' LPs (HiGHS); the ceiling of every α-CROWN bound;
+  L∞ only, small networks.
 * :class:`TrajectoryGraph` — a controlled adaptive solver as deployed: every step decision
   of the ball followed, merged states' box hulls, CROWN through the graph (:mod:`verify._trajectory`).
 * :class:`LipschitzMargin` — margin − ε·c·L with L the product bound of the IR

@@ -39,6 +39,11 @@ def test_tightness_quick(tmp_path: Path, assert_resume_computes_nothing) -> None
             for m in ("alpha-crown", "bab"):
                 if m in r["radii"]:
                     assert r["radii"][m]["radius"] >= crown * (1 - 1e-6), (name, m)
+            # LP-all (searched from α-CROWN's radius) is the ceiling of α-CROWN and below the exact radius
+            lp = r["radii"]["lp-all"]["radius"]
+            assert lp >= r["radii"]["alpha-crown"]["radius"] * (1 - 1e-6), name
+            if r["exact"]["radius"] is not None:
+                assert lp <= r["exact"]["radius"] * (1 + 1e-4) + 1e-6, name
             if "bab" in r["radii"]:
                 assert r["radii"]["bab"]["radius"] >= r["radii"]["alpha-crown"]["radius"] * (1 - 1e-6), name
             ex = r["exact"]

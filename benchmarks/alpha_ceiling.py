@@ -1,0 +1,256 @@
+"""How far can α-CROWN's radius go? Precise CROWN, α-CROWN and converged α-CROWN radii per example.
+
+Issue 16 asks for α-CROWN radii ≥ 1.1× CROWN's median on zoo `ode`. The tightness study measures
+radii at rtol 0.01, so a ratio near 1.1 cannot be told from it (each radius may lie up to 1 %
+below its true value). Here, per held-out example of a zoo model, one thread:
+
+* CROWN's radius to rtol 1e-4 (a bound costs seconds);
+* the default α-CROWN's radius (what ``--method alpha-crown`` runs: 6 steps per layer of
+  intermediate bounds, 20 on the margins, early stop) to rtol 1e-3;
+* α-CROWN run to convergence (30 steps per layer, 50 on the margins, every step, no early or
+  patience stop) to rtol 1e-3: on every net where LP-all (:mod:`verify._lp_all`, the ceiling of
+  any α-CROWN) can be computed, this reaches it (``tests/verify/test_lp_all.py``; zoo ``mlp`` and
+  ``ode-small`` to 1e-4 of the margin), so its radius is what no slope optimisation can beat.
+
+The radius search is :meth:`verify.certify.Certifier.radius` (every radius is certified by a
+bound computed at it); the first guesses are the tightness study's radii where its cells exist.
+Rows are appended to ``benchmarks/results/alpha_ceiling.jsonl`` as examples finish (a rerun
+resumes); the summary (per example ratios, medians, the ratio of the medians) goes to
+``benchmarks/results/alpha_ceiling.{json,md}``.
+
+Usage: ``python -m benchmarks.alpha_ceiling [--model ode] [--indices 0 1 ...] [--jobs 2]``
+(about 8 CPU minutes per `ode` example, most of it in the converged α-CROWN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CELLS = ROOT / "results" / "tightness" / "cells.jsonl"
+#: (name, intermediate steps, margin steps, early stop, patience, rtol) of the α-CROWN variants.
+VARIANTS = (("alpha-default", 6, 20, True, 10, 1e-3), ("alpha-converged", 30, 50, False, 50, 1e-3))
+CROWN_RTOL = 1e-4
+EPS_MAX = 0.5
+
+
+def _guesses(model: str, index: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if CELLS.exists():
+        for line in CELLS.read_text().splitlines():
+            r = json.loads(line)
+            key = r["key"]
+            if key == f"{model}/crown/i{index}/rtol0.01":
+                out["crown"] = r["value"]["radius"]
+            elif key.startswith(f"{model}/alpha-crown/i{index}/rtol0.01-"):
+                out["alpha"] = r["value"]["radius"]
+    return out
+
+
+def row(model_name: str, index: int) -> dict[str, Any]:
+    """One example's three radii and their CPU seconds (one thread)."""
+    import torch
+
+    from models.data import load_dataset
+    from models.zoo import load
+    from verify.certify import Certifier
+
+    torch.set_num_threads(1)
+    model = load(model_name).eval()
+    x, y = load_dataset("mnist-t10k", split="test", n=index + 1)
+    xi, yi = x[index:index + 1], y[index:index + 1]
+    guess = _guesses(model_name, index)
+    rec: dict[str, Any] = {"model": model_name, "index": index}
+    t = time.process_time()
+    r = Certifier(model, "inf", "crown").radius(xi, yi, EPS_MAX, guess=guess.get("crown"), rtol=CROWN_RTOL,
+                                                 atol=1e-7, max_evals=30)
+    rec["crown"] = {"radius": r.radius, "upper": r.upper, "evals": r.evaluations, "cpu": time.process_time() - t}
+    for name, inter, iters, early, patience, rtol in VARIANTS:
+        cert = Certifier(model, "inf", "alpha-crown")
+        eng = cert.bounds._crown
+        eng.intermediate_iterations, eng.iterations, eng.early_stop, eng.patience = inter, iters, early, patience
+        t = time.process_time()
+        r = cert.radius(xi, yi, EPS_MAX, guess=guess.get("alpha", 1.09 * rec["crown"]["radius"]), rtol=rtol,
+                        atol=1e-7, max_evals=12)
+        rec[name] = {"radius": r.radius, "upper": r.upper, "evals": r.evaluations, "cpu": time.process_time() - t,
+                     "margins": [list(m) for m in r.margins]}
+    return rec
+
+
+def _job(args: tuple[str, int]) -> dict[str, Any]:
+    return row(*args)
+
+
+def lp_check(model_name: str, index: int, eps: float, per_layer: int, seed: int = 0) -> dict[str, Any]:
+    """Is converged α-CROWN at its LP? At ``eps``, the converged α-CROWN's bounds of ``per_layer``
+    random unstable neurons of every ReLU layer, and its margins, against the triangle LP of the
+    network before them relaxed with α-CROWN's own bounds of the earlier layers (HiGHS). α-CROWN
+    is a dual-feasible point of exactly that LP, so the LP is never below it; a gap near 0 at every
+    layer means its slopes reached the LP optimum, layer by layer, i.e. LP-all. (LP-all itself
+    costs about 7,200 LPs on zoo `ode`, hours; this samples it.)"""
+    import numpy as np
+    import torch
+
+    from models.data import load_dataset
+    from models.zoo import load
+    from verify._alpha import AlphaCrown
+    from verify._dense_graph import DenseGraph
+    from verify._lp_all import minimise
+    from verify._milp_encoding import BOUND_SLACK, Encoder
+    from verify._spec import spec_matrix
+
+    torch.set_num_threads(1)
+    model = load(model_name).eval()
+    x, y = load_dataset("mnist-t10k", split="test", n=index + 1)
+    xi = x[index:index + 1]
+    C = spec_matrix(y[index:index + 1], 10)[0]
+    graph = DenseGraph.from_model(model)
+    name, inter, iters, _, patience, _ = VARIANTS[1]
+    alpha = AlphaCrown(graph, "inf", iterations=iters, intermediate_iterations=inter, patience=patience,
+                       early_stop=False)
+    t = time.process_time()
+    with torch.enable_grad():
+        margins = alpha.margins(xi, eps, C).detach().double().numpy()
+    alpha_cpu = time.process_time() - t
+    enc = Encoder(graph)
+    bounds, _ = enc.bounds(xi, eps, C)
+    for p, (lo, hi) in alpha.bounds.items():  # α-CROWN's bounds (float32), widened like CROWN's
+        lo, hi = lo.double().numpy(), hi.double().numpy()
+        bounds[p] = (np.maximum(bounds[p][0], lo - BOUND_SLACK * (1 + np.abs(lo))),
+                     np.minimum(bounds[p][1], hi + BOUND_SLACK * (1 + np.abs(hi))))
+    x0 = enc.node_x(xi)
+    rng = np.random.default_rng(seed)
+    programs = 0
+    layers = []
+    t = time.process_time()
+    for _, p in graph.relus:
+        node = graph.nodes[p]
+        if node.kind == "affine" and node.src[0] == 0:
+            continue
+        lo, hi = bounds[p]
+        unstable = np.nonzero((lo < 0) & (hi > 0))[0]
+        pick = rng.choice(unstable, size=min(per_layer, unstable.size), replace=False) if unstable.size else unstable
+        prog, cols, _, _ = enc.encode(x0, bounds[0], bounds, None, upto=p)
+        vals, runs = minimise(prog, [(cols[j], sgn) for j in pick for sgn in (1.0, -1.0)], math.inf)
+        programs += runs
+        width = hi[pick] - lo[pick]
+        gaps = [None if vals[2 * k] is None else (vals[2 * k] - lo[j]) / width[k] for k, j in enumerate(pick)]
+        gaps += [None if vals[2 * k + 1] is None else (hi[j] + vals[2 * k + 1]) / width[k]
+                 for k, j in enumerate(pick)]
+        layers.append({"node": p, "unstable": int(unstable.size), "columns": prog.n_col, "sampled": len(pick),
+                       "gap_rel_width": gaps})
+    prog, logits, _, _ = enc.encode(x0, bounds[0], bounds, None)
+    final, runs = minimise(prog, [(logits, r) for r in C.double().numpy()], math.inf)
+    return {"model": model_name, "index": index, "eps": eps, "variant": name, "alpha_margins": margins.tolist(),
+            "lp_margins": final, "layers": layers, "alpha_cpu": alpha_cpu, "lp_cpu": time.process_time() - t,
+            "programs": programs + runs}
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per example ratios to CROWN's radius, their medians and the ratios of the medians."""
+    ok = [r for r in rows if r["crown"]["radius"] > 0]
+    med = {k: statistics.median(r[k]["radius"] for r in ok) for k in ("crown", *(v[0] for v in VARIANTS))}
+    per = {v[0]: [r[v[0]]["radius"] / r["crown"]["radius"] for r in ok] for v in VARIANTS}
+    return {"model": sorted({r["model"] for r in rows}), "n": len(ok), "indices": [r["index"] for r in ok],
+            "median_radius": med, "ratio_of_medians": {k: med[k] / med["crown"] for k in per},
+            "median_ratio": {k: statistics.median(v) for k, v in per.items()},
+            "ratio_range": {k: [min(v), max(v)] for k, v in per.items()},
+            "median_cpu_per_bound": {k: statistics.median(r[k]["cpu"] / max(r[k]["evals"], 1) for r in ok)
+                                     for k in ("crown", *per)},
+            "converged_over_default": statistics.median(r["alpha-converged"]["radius"] / r["alpha-default"]["radius"]
+                                                        for r in ok)}
+
+
+def markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
+    lines = [f"# α-CROWN's ceiling on {', '.join(s['model'])}: precise radii, {s['n']} held-out examples", "",
+             f"CROWN rtol {CROWN_RTOL:g}; α-CROWN rtol 1e-3 (default: 6 steps per layer, 20 on the margins, early stop; "
+             "converged: 30 / 50, every step). Radii are certified (a bound at that ε); `upper` failed.", "",
+             "| example | CROWN | α-CROWN default | converged | default / CROWN | converged / CROWN | CPU s per bound "
+             "(CROWN / default / converged) |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["index"]):
+        c, d, v = r["crown"], r["alpha-default"], r["alpha-converged"]
+        lines.append(f"| {r['index']} | {c['radius']:.5f} | {d['radius']:.5f} | {v['radius']:.5f} | "
+                     f"{d['radius'] / c['radius']:.4f} | {v['radius'] / c['radius']:.4f} | "
+                     f"{c['cpu'] / c['evals']:.1f} / {d['cpu'] / d['evals']:.1f} / {v['cpu'] / v['evals']:.1f} |")
+    rom, mr = s["ratio_of_medians"], s["median_ratio"]
+    lines += ["", f"Median radius: CROWN {s['median_radius']['crown']:.5f}, α-CROWN default "
+              f"{s['median_radius']['alpha-default']:.5f}, converged {s['median_radius']['alpha-converged']:.5f}.",
+              f"Median α-CROWN / median CROWN: default **{rom['alpha-default']:.4f}**, converged "
+              f"**{rom['alpha-converged']:.4f}**; median of the per-example ratios: {mr['alpha-default']:.4f} / "
+              f"{mr['alpha-converged']:.4f}; converged / default radius (median) "
+              f"{s['converged_over_default']:.4f}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="ode")
+    p.add_argument("--indices", type=int, nargs="+", default=list(range(10)))
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--log", default=str(RESULTS / "alpha_ceiling.jsonl"))
+    p.add_argument("--lp-check", type=int, default=0, metavar="K",
+                   help="instead: per listed example, K sampled neurons per layer of the converged α-CROWN against "
+                        "their LP (see lp_check), at the example's converged α-CROWN failing ε from --log")
+    a = p.parse_args(argv)
+    if a.jobs < 1 or any(i < 0 for i in a.indices) or a.lp_check < 0:
+        p.error("--jobs must be >= 1, --indices >= 0 and --lp-check >= 0")
+    if a.lp_check:
+        return _lp_check_main(a)
+    log = Path(a.log)
+    done = {(r["model"], r["index"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
+    todo = [(a.model, i) for i in a.indices if (a.model, i) not in done]
+    with mp.get_context("spawn").Pool(a.jobs) if a.jobs > 1 else _Serial() as pool:
+        for rec in pool.imap_unordered(_job, todo):
+            with log.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"{rec['model']} {rec['index']}: " + ", ".join(
+                f"{k} {rec[k]['radius']:.5f}" for k in ("crown", *(v[0] for v in VARIANTS))), flush=True)
+    rows = [r for r in map(json.loads, log.read_text().splitlines()) if r["model"] == a.model
+            and r["index"] in a.indices]
+    s = summary(rows)
+    stem = RESULTS / f"alpha_ceiling{'' if a.model == 'ode' else '-' + a.model}"
+    stem.with_suffix(".json").write_text(json.dumps({"summary": s, "rows": rows}, indent=1))
+    stem.with_suffix(".md").write_text(markdown(rows, s))
+    print(markdown(rows, s))
+    return 0
+
+
+def _lp_check_main(a: argparse.Namespace) -> int:
+    rows = {(r["model"], r["index"]): r for r in map(json.loads, Path(a.log).read_text().splitlines())}
+    out = RESULTS / f"alpha_ceiling_lp{'' if a.model == 'ode' else '-' + a.model}.jsonl"
+    for i in a.indices:
+        if (a.model, i) not in rows:
+            raise SystemExit(f"error: no row of {a.model} example {i} in {a.log}: run without --lp-check first")
+        rec = lp_check(a.model, i, rows[(a.model, i)]["alpha-converged"]["upper"], a.lp_check)
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        gaps = [g for layer in rec["layers"] for g in layer["gap_rel_width"] if g is not None]
+        print(f"{a.model} {i} at ε {rec['eps']:.5f}: {len(gaps)} sampled bounds, LP − α-CROWN gap / bound width "
+              f"median {statistics.median(gaps):.2e} max {max(gaps):.2e}; worst margin α-CROWN "
+              f"{min(rec['alpha_margins']):.4f}, LP {min(v for v in rec['lp_margins'] if v is not None):.4f}; "
+              f"LP CPU {rec['lp_cpu']:.0f} s", flush=True)
+    return 0
+
+
+class _Serial:
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @staticmethod
+    def imap_unordered(fn, items):  # noqa: ANN001, ANN205
+        return map(fn, items)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""benchmarks.alpha_ceiling on zoo `mlp`: the three radii are ordered, certified, and the run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks import alpha_ceiling
+
+needs_data = pytest.mark.skipif(not (Path(os.environ.get("ODE_ROBUSTNESS_DATA", "")) / "mnist").exists(),
+                                reason="MNIST not found (set ODE_ROBUSTNESS_DATA)")
+
+
+@needs_data
+def test_alpha_ceiling_on_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(alpha_ceiling, "RESULTS", tmp_path)
+    log = tmp_path / "rows.jsonl"
+    assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log)]) == 0
+    (row,) = map(json.loads, log.read_text().splitlines())
+    crown, default, converged = (row[k]["radius"] for k in ("crown", "alpha-default", "alpha-converged"))
+    # α-CROWN starts from CROWN's slopes and never returns less; more steps never certify less (to the rtol)
+    assert 0 < crown <= default * (1 + 1e-6) and default <= converged * (1 + 2e-3)
+    for k in ("crown", "alpha-default", "alpha-converged"):
+        assert row[k]["radius"] < row[k]["upper"]
+        assert row[k]["upper"] - row[k]["radius"] <= 1e-7 + (1e-4 if k == "crown" else 1e-3) * row[k]["radius"]
+    s = json.loads((tmp_path / "alpha_ceiling-mlp.json").read_text())["summary"]
+    assert s["n"] == 1 and s["ratio_of_medians"]["alpha-converged"] == pytest.approx(converged / crown)
+    assert "converged / CROWN" in (tmp_path / "alpha_ceiling-mlp.md").read_text()
+    mtime = log.stat().st_mtime_ns
+    assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log)]) == 0  # resumed: no new row
+    assert log.stat().st_mtime_ns == mtime and len(log.read_text().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        alpha_ceiling.main(["--model", "mlp", "--jobs", "0"])
