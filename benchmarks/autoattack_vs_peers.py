@@ -33,7 +33,6 @@ Run: ``python -m benchmarks.autoattack_vs_peers --n 500 --chunk 50 --tag autoatt
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from torch import nn
 from attacks import APGD, APGDT, FABT, AutoAttack, Square
 from models.data import load_dataset
 from models.zoo import load
+from studies._common import discordant, paired_difference
 
 from ._cells import markdown_table, read_cells, resumable_cells, write_results
 
@@ -182,13 +182,12 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                          "seconds": sum(c[side]["seconds"] for c in chain),
                          "max_linf": max(c[side]["max_linf"] for c in chain),
                          "within_eps": all(c[side]["within_eps"] for c in chain)}
-        b = sum(o == "1" and t == "0" for o, t in zip(flags["ours"], flags["torchattacks"]))
-        d = sum(o == "0" and t == "1" for o, t in zip(flags["ours"], flags["torchattacks"]))
+        ours, theirs = ([f == "1" for f in flags[side]] for side in ("ours", "torchattacks"))
+        b, d = discordant(ours, theirs)
+        diff, se = paired_difference(ours, theirs)
         row.update(ours_only_robust=b, theirs_only_robust=d,
-                   ours_only_robust_images=[i for i, (o, t) in enumerate(zip(flags["ours"], flags["torchattacks"]))
-                                            if o == "1" and t == "0"],
-                   points_above_theirs=100 * (b - d) / start,
-                   points_se=100 * math.sqrt(max(b + d - (b - d) ** 2 / start, 0.0)) / start,
+                   ours_only_robust_images=[i for i, (o, t) in enumerate(zip(ours, theirs)) if o and not t],
+                   points_above_theirs=100 * diff, points_se=100 * se,
                    time_ratio=row["ours"]["cpu_seconds"] / row["torchattacks"]["cpu_seconds"],
                    wall_ratio=row["ours"]["seconds"] / row["torchattacks"]["seconds"])
         row["meets_targets"] = row["points_above_theirs"] <= TARGET_POINTS and row["time_ratio"] <= TARGET_RATIO
