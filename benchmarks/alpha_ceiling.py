@@ -36,8 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CELLS = ROOT / "results" / "tightness" / "cells.jsonl"
-#: (name, intermediate steps, margin steps, early stop, patience, rtol) of the α-CROWN variants.
-VARIANTS = (("alpha-default", 6, 20, True, 10, 1e-3), ("alpha-converged", 30, 50, False, 50, 1e-3))
+#: (name, intermediate steps, margin steps, early stop, patience, warm start, rtol) of the α-CROWN
+#: variants: every bound from CROWN's slopes (default settings; converged), and ``--method alpha-crown``
+#: as deployed (warm: each bound of the search starts from the previous bound's slopes).
+VARIANTS = (("alpha-default", 6, 20, True, 10, False, 1e-3), ("alpha-converged", 30, 50, False, 50, False, 1e-3),
+            ("alpha-warm", 6, 20, True, 10, True, 2e-4))
 CROWN_RTOL = 1e-4
 EPS_MAX = 0.5
 
@@ -55,8 +58,8 @@ def _guesses(model: str, index: int) -> dict[str, float]:
     return out
 
 
-def row(model_name: str, index: int) -> dict[str, Any]:
-    """One example's three radii and their CPU seconds (one thread)."""
+def row(model_name: str, index: int, have: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One example's radii and their CPU seconds (one thread); the parts in ``have`` are kept."""
     import torch
 
     from models.data import load_dataset
@@ -68,15 +71,19 @@ def row(model_name: str, index: int) -> dict[str, Any]:
     x, y = load_dataset("mnist-t10k", split="test", n=index + 1)
     xi, yi = x[index:index + 1], y[index:index + 1]
     guess = _guesses(model_name, index)
-    rec: dict[str, Any] = {"model": model_name, "index": index}
-    t = time.process_time()
-    r = Certifier(model, "inf", "crown").radius(xi, yi, EPS_MAX, guess=guess.get("crown"), rtol=CROWN_RTOL,
-                                                 atol=1e-7, max_evals=30)
-    rec["crown"] = {"radius": r.radius, "upper": r.upper, "evals": r.evaluations, "cpu": time.process_time() - t}
-    for name, inter, iters, early, patience, rtol in VARIANTS:
+    rec: dict[str, Any] = dict(have or {"model": model_name, "index": index})
+    if "crown" not in rec:
+        t = time.process_time()
+        r = Certifier(model, "inf", "crown").radius(xi, yi, EPS_MAX, guess=guess.get("crown"), rtol=CROWN_RTOL,
+                                                     atol=1e-7, max_evals=30)
+        rec["crown"] = {"radius": r.radius, "upper": r.upper, "evals": r.evaluations, "cpu": time.process_time() - t}
+    for name, inter, iters, early, patience, warm, rtol in VARIANTS:
+        if name in rec:
+            continue
         cert = Certifier(model, "inf", "alpha-crown")
         eng = cert.bounds._crown
         eng.intermediate_iterations, eng.iterations, eng.early_stop, eng.patience = inter, iters, early, patience
+        eng.warm_start = warm
         t = time.process_time()
         r = cert.radius(xi, yi, EPS_MAX, guess=guess.get("alpha", 1.09 * rec["crown"]["radius"]), rtol=rtol,
                         atol=1e-7, max_evals=12)
@@ -85,7 +92,7 @@ def row(model_name: str, index: int) -> dict[str, Any]:
     return rec
 
 
-def _job(args: tuple[str, int]) -> dict[str, Any]:
+def _job(args: tuple[str, int, dict[str, Any] | None]) -> dict[str, Any]:
     return row(*args)
 
 
@@ -113,7 +120,7 @@ def lp_check(model_name: str, index: int, eps: float, per_layer: int, seed: int 
     xi = x[index:index + 1]
     C = spec_matrix(y[index:index + 1], 10)[0]
     graph = DenseGraph.from_model(model)
-    name, inter, iters, _, patience, _ = VARIANTS[1]
+    name, inter, iters, _, patience, _, _ = VARIANTS[1]
     alpha = AlphaCrown(graph, "inf", iterations=iters, intermediate_iterations=inter, patience=patience,
                        early_stop=False)
     t = time.process_time()
@@ -165,28 +172,36 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "ratio_range": {k: [min(v), max(v)] for k, v in per.items()},
             "median_cpu_per_bound": {k: statistics.median(r[k]["cpu"] / max(r[k]["evals"], 1) for r in ok)
                                      for k in ("crown", *per)},
-            "converged_over_default": statistics.median(r["alpha-converged"]["radius"] / r["alpha-default"]["radius"]
-                                                        for r in ok)}
+            "over_default": {k: statistics.median(r[k]["radius"] / r["alpha-default"]["radius"] for r in ok)
+                             for k in per if k != "alpha-default"},
+            "ratio_of_upper_medians": {k: statistics.median(r[k]["upper"] for r in ok)
+                                       / statistics.median(r["crown"]["upper"] for r in ok) for k in per}}
 
 
 def markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
+    names = [v[0] for v in VARIANTS]
     lines = [f"# α-CROWN's ceiling on {', '.join(s['model'])}: precise radii, {s['n']} held-out examples", "",
-             f"CROWN rtol {CROWN_RTOL:g}; α-CROWN rtol 1e-3 (default: 6 steps per layer, 20 on the margins, early stop; "
-             "converged: 30 / 50, every step). Radii are certified (a bound at that ε); `upper` failed.", "",
-             "| example | CROWN | α-CROWN default | converged | default / CROWN | converged / CROWN | CPU s per bound "
-             "(CROWN / default / converged) |", "|---|---|---|---|---|---|---|"]
+             f"CROWN rtol {CROWN_RTOL:g}. α-CROWN: " + "; ".join(
+                 f"{n}: {inter} steps per layer, {iters} on the margins, "
+                 + ("early stop" if early else "every step") + (", warm-started" if warm else ", from CROWN's slopes")
+                 + f", rtol {rtol:g}" for n, inter, iters, early, _, warm, rtol in VARIANTS)
+             + ". Radii are certified (a bound at that ε).", "",
+             "| example | CROWN | " + " | ".join(names) + " | " + " | ".join(f"{n} / CROWN" for n in names)
+             + " | CPU s per bound (CROWN / " + " / ".join(names) + ") |",
+             "|---" * (2 + 2 * len(names) + 1) + "|"]
     for r in sorted(rows, key=lambda r: r["index"]):
-        c, d, v = r["crown"], r["alpha-default"], r["alpha-converged"]
-        lines.append(f"| {r['index']} | {c['radius']:.5f} | {d['radius']:.5f} | {v['radius']:.5f} | "
-                     f"{d['radius'] / c['radius']:.4f} | {v['radius'] / c['radius']:.4f} | "
-                     f"{c['cpu'] / c['evals']:.1f} / {d['cpu'] / d['evals']:.1f} / {v['cpu'] / v['evals']:.1f} |")
+        c = r["crown"]
+        lines.append(f"| {r['index']} | {c['radius']:.5f} | " + " | ".join(f"{r[n]['radius']:.5f}" for n in names)
+                     + " | " + " | ".join(f"{r[n]['radius'] / c['radius']:.4f}" for n in names) + " | "
+                     + " / ".join(f"{r[k]['cpu'] / max(r[k]['evals'], 1):.1f}" for k in ("crown", *names)) + " |")
     rom, mr = s["ratio_of_medians"], s["median_ratio"]
-    lines += ["", f"Median radius: CROWN {s['median_radius']['crown']:.5f}, α-CROWN default "
-              f"{s['median_radius']['alpha-default']:.5f}, converged {s['median_radius']['alpha-converged']:.5f}.",
-              f"Median α-CROWN / median CROWN: default **{rom['alpha-default']:.4f}**, converged "
-              f"**{rom['alpha-converged']:.4f}**; median of the per-example ratios: {mr['alpha-default']:.4f} / "
-              f"{mr['alpha-converged']:.4f}; converged / default radius (median) "
-              f"{s['converged_over_default']:.4f}.", ""]
+    lines += ["", "Median radius: " + ", ".join(f"{k} {v:.5f}" for k, v in s["median_radius"].items()) + ".",
+              "Median α-CROWN radius / median CROWN radius (each radius the lower, certified end of its bracket): "
+              + ", ".join(f"{n} **{rom[n]:.5f}**" for n in names)
+              + "; from the brackets' upper ends: " + ", ".join(f"{n} {s['ratio_of_upper_medians'][n]:.5f}" for n in names)
+              + "; median of the per-example ratios: " + ", ".join(f"{n} {mr[n]:.4f}" for n in names)
+              + "; radius / default radius (median): " + ", ".join(f"{k} {v:.4f}" for k, v in s["over_default"].items())
+              + ".", ""]
     return "\n".join(lines)
 
 
@@ -205,16 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.lp_check:
         return _lp_check_main(a)
     log = Path(a.log)
-    done = {(r["model"], r["index"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
-    todo = [(a.model, i) for i in a.indices if (a.model, i) not in done]
+    have = _rows(log)
+    names = ("crown", *(v[0] for v in VARIANTS))
+    todo = [(a.model, i, have.get((a.model, i))) for i in a.indices
+            if not all(k in have.get((a.model, i), {}) for k in names)]
     with mp.get_context("spawn").Pool(a.jobs) if a.jobs > 1 else _Serial() as pool:
         for rec in pool.imap_unordered(_job, todo):
             with log.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"{rec['model']} {rec['index']}: " + ", ".join(
                 f"{k} {rec[k]['radius']:.5f}" for k in ("crown", *(v[0] for v in VARIANTS))), flush=True)
-    rows = [r for r in map(json.loads, log.read_text().splitlines()) if r["model"] == a.model
-            and r["index"] in a.indices]
+    rows = [r for (m, i), r in sorted(_rows(log).items()) if m == a.model and i in a.indices]
     s = summary(rows)
     stem = RESULTS / f"alpha_ceiling{'' if a.model == 'ode' else '-' + a.model}"
     stem.with_suffix(".json").write_text(json.dumps({"summary": s, "rows": rows}, indent=1))
@@ -223,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _rows(log: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The log's rows by (model, index); a later line of an example (more variants) replaces an earlier."""
+    return {(r["model"], r["index"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+
+
 def _lp_check_main(a: argparse.Namespace) -> int:
-    rows = {(r["model"], r["index"]): r for r in map(json.loads, Path(a.log).read_text().splitlines())}
+    rows = _rows(Path(a.log))
     out = RESULTS / f"alpha_ceiling_lp{'' if a.model == 'ode' else '-' + a.model}.jsonl"
     for i in a.indices:
         if (a.model, i) not in rows:

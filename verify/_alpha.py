@@ -91,6 +91,12 @@ class AlphaCrown(Crown):
         early_stop: stop as soon as every margin is positive (CROWN's included): the bound then
             certifies and a radius search needs no more. False runs every iteration, as
             auto_LiRPA does (to compare bounds).
+        warm_start: start each optimisation, row by row, from the better of CROWN's slopes and
+            the slopes the previous call on the same example (input and specification) ended
+            with (two more bound evaluations per layer; a neuron not unstable in that call starts
+            from CROWN's). A radius search calls the engine at nearby ε, so its later bounds
+            continue the earlier bounds' optimisation. Any slopes in [0, 1] give a sound bound.
+            False: every call starts from CROWN's slopes (results independent of earlier calls).
 
     Raises:
         ValueError: negative iteration counts, a non-positive learning rate.
@@ -98,7 +104,7 @@ class AlphaCrown(Crown):
 
     def __init__(self, graph: DenseGraph, norm: str = "inf", iterations: int = ITERATIONS,
                  intermediate_iterations: int = INTERMEDIATE_ITERATIONS, lr: float = LR, lr_decay: float = LR_DECAY,
-                 patience: int = 10, early_stop: bool = True) -> None:
+                 patience: int = 10, early_stop: bool = True, warm_start: bool = False) -> None:
         if iterations < 0 or intermediate_iterations < 0 or patience < 1:
             raise ValueError("iterations must be >= 0 and patience >= 1")
         if not lr > 0 or not 0 < lr_decay <= 1:
@@ -113,10 +119,17 @@ class AlphaCrown(Crown):
         self.deadline: float | None = None
         #: the clock of ``deadline``: wall time, or ``time.process_time`` for CPU seconds.
         self.clock: Callable[[], float] = time.perf_counter
+        self.warm_start = warm_start
+        #: start node -> (row keys, relu node -> slopes (rows, dim)) of its last optimisation on the
+        #: example ``_warm_of`` (input, specification); used when ``warm_start``.
+        self._warm: dict[int, tuple[torch.Tensor, dict[int, torch.Tensor]]] = {}
+        self._warm_of: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def margins(self, x: torch.Tensor, eps: float, C: torch.Tensor,
                 reference: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Lower bounds (K',) of ``C @ logits``, ≥ CROWN's elementwise (see :meth:`Crown.margins`)."""
+        if self.warm_start and not self._same_example(x, C):
+            self._warm, self._warm_of = {}, (x.detach().reshape(-1).clone(), C.detach().clone())
         with torch.no_grad():
             crown = super().margins(x, eps, C, reference)
         self.crown_margins = crown
@@ -125,8 +138,16 @@ class AlphaCrown(Crown):
         if self.intermediate_iterations:
             self.tighten_intermediate()
         best = self.optimise({self.graph.output: C.to(crown.dtype)}, C.shape[0], self.iterations,
-                             stop=(lambda b: bool((b > 0).all())) if self.early_stop else None)
+                             stop=(lambda b: bool((b > 0).all())) if self.early_stop else None,
+                             keys=torch.arange(C.shape[0]))
         return torch.maximum(best, crown)
+
+    def _same_example(self, x: torch.Tensor, C: torch.Tensor) -> bool:
+        if self._warm_of is None:
+            return False
+        x0, c0 = self._warm_of
+        x = x.detach().reshape(-1)
+        return x.shape == x0.shape and C.shape == c0.shape and torch.equal(x, x0) and torch.equal(C.detach(), c0)
 
     def tighten_intermediate(self) -> None:
         """Optimise the bounds of every unstable neuron, layer by layer (updates ``bounds``)."""
@@ -143,7 +164,8 @@ class AlphaCrown(Crown):
             if m == 0:
                 continue
             e = self._rows(unstable, node.dim, lo)
-            best = self.optimise({p: torch.cat([e, -e])}, 2 * m, self.intermediate_iterations)
+            best = self.optimise({p: torch.cat([e, -e])}, 2 * m, self.intermediate_iterations,
+                                 keys=torch.cat([unstable, unstable + node.dim]))
             lo, hi = lo.clone(), hi.clone()
             lo[unstable] = torch.maximum(lo[unstable], best[:m])
             hi[unstable] = torch.minimum(hi[unstable], -best[m:])
@@ -152,7 +174,8 @@ class AlphaCrown(Crown):
 
     def optimise(self, start: dict[int, torch.Tensor], rows: int, iterations: int,
                  stop: Callable[[torch.Tensor], bool] | None = None,
-                 splits: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+                 splits: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
         """Best lower bounds (rows,) of ``A @ v`` for the rows in ``start`` over slope choices.
 
         Args:
@@ -163,31 +186,55 @@ class AlphaCrown(Crown):
             splits: β-CROWN: relu node -> (neuron indices, signs ±1) of split constraints
                 ``sign·p ≥ 0`` on its pre-activation; each row gets a multiplier β ≥ 0 per
                 constraint, adding ``−β·sign·p`` (≤ 0 on the split domain) to its objective.
+            keys: (rows,) a name per row that is the same across calls (with ``warm_start`` and no
+                splits, rows whose key the last optimisation of this start node had begin at
+                its final slopes, and this one's final slopes are kept for the next).
 
         Returns:
             (rows,) the elementwise best bound over the evaluated iterates.
         """
         slopes = self._slopes(start, rows)
+        warm = self.warm_start and keys is not None and not splits
         betas = {i: (idx, sign.to(self._x.dtype), torch.zeros(rows, idx.numel(), dtype=self._x.dtype,
                                                               device=self._x.device, requires_grad=True))
                  for i, (idx, sign) in (splits or {}).items() if i < max(start) and idx.numel()}
         base = dict(self._relax)
+
+        def relax() -> None:  # the relaxations of the current slopes and multipliers
+            for i, s, mask in slopes:
+                r = base[i]
+                lower_d = torch.where(mask, s, r.lower_d)
+                self._relax[i] = _Relax(lower_d, r.lower_d + r.gap - lower_d, r.upper_b)
+            for i, (idx, sign, beta) in betas.items():
+                inner = self._relax[i] if any(i == j for j, _, _ in slopes) else base[i]
+                self._relax[i] = _SplitRelax(inner, idx, beta * sign)
+
+        best: torch.Tensor | None = None
+        try:
+            if warm and max(start) in self._warm:
+                # each row starts from the better of CROWN's slopes and the last call's final slopes
+                cold = [s.detach().clone() for _, s, _ in slopes]
+                with torch.no_grad():
+                    relax()
+                    from_cold = self._backward(dict(start), rows)
+                    self._warm_slopes(max(start), keys, slopes)
+                    relax()
+                    from_warm = self._backward(dict(start), rows)
+                    keep_cold = from_cold > from_warm
+                    for (_, s, _), c in zip(slopes, cold):
+                        s[keep_cold] = c[keep_cold]
+                best = torch.maximum(from_cold, from_warm)
+        finally:
+            self._relax.update(base)
         groups = [{"params": [s for _, s, _ in slopes], "lr": self.lr},
                   {"params": [b for _, _, b in betas.values()], "lr": LR_BETA}]
         opt = torch.optim.Adam([grp for grp in groups if grp["params"]] or [{"params": [torch.zeros(1)]}])
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.lr_decay)
-        best: torch.Tensor | None = None
         stale, prev = 0, -float("inf")
         n = max(iterations, 1)
         try:
             for it in range(n):
-                for i, s, mask in slopes:
-                    r = base[i]
-                    lower_d = torch.where(mask, s, r.lower_d)
-                    self._relax[i] = _Relax(lower_d, r.lower_d + r.gap - lower_d, r.upper_b)
-                for i, (idx, sign, beta) in betas.items():
-                    inner = self._relax[i] if any(i == j for j, _, _ in slopes) else base[i]
-                    self._relax[i] = _SplitRelax(inner, idx, beta * sign)
+                relax()
                 last = it == n - 1
                 with torch.set_grad_enabled(not last and bool(slopes or betas)):
                     bound = self._backward(dict(start), rows)
@@ -209,8 +256,28 @@ class AlphaCrown(Crown):
                         beta.clamp_(min=0.0)
         finally:
             self._relax.update(base)
+        if warm:
+            self._warm[max(start)] = (keys.clone(), {i: s.detach().clone() for i, s, _ in slopes})
         assert best is not None
         return best
+
+    def _warm_slopes(self, top: int, keys: torch.Tensor,
+                     slopes: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """Overwrite, in place, the unstable slopes of the rows whose key the last optimisation of
+        start node ``top`` had with the slopes it ended with."""
+        saved = self._warm.get(top)
+        if saved is None:
+            return
+        old_keys, old = saved
+        where = {int(k): r for r, k in enumerate(old_keys.tolist())}
+        pairs = [(r, where[int(k)]) for r, k in enumerate(keys.tolist()) if int(k) in where]
+        if not pairs:
+            return
+        new_rows, old_rows = (torch.tensor(v, device=keys.device) for v in zip(*pairs))
+        with torch.no_grad():
+            for i, s, mask in slopes:
+                if i in old:
+                    s[new_rows] = torch.where(mask, old[i][old_rows], s[new_rows])
 
     def _past_deadline(self) -> bool:
         return self.deadline is not None and self.clock() > self.deadline

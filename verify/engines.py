@@ -116,15 +116,29 @@ class DenseAlphaCrown(DenseCrown):
         iterations: slope-optimisation steps of the margins (auto_LiRPA's default 20).
         intermediate_iterations: steps per layer of intermediate bounds.
         early_stop: stop optimising once every margin is positive (False: every iteration).
+        warm_start: each call on the example of the previous call starts from the slopes that call
+            ended with (a radius search's later bounds continue its earlier ones' optimisation);
+            False: every call from CROWN's slopes.
 
     Raises:
         GraphError: the IR has no dense affine–ReLU form (e.g. max pooling).
     """
 
     def __init__(self, ir: Lowered, norm: str, iterations: int = ALPHA_ITERATIONS,
-                 intermediate_iterations: int = ALPHA_INTERMEDIATE, early_stop: bool = True) -> None:
+                 intermediate_iterations: int = ALPHA_INTERMEDIATE, early_stop: bool = True,
+                 warm_start: bool = True) -> None:
         self.graph = DenseGraph.from_lowered(ir)
-        self._crown = AlphaCrown(self.graph, norm, iterations, intermediate_iterations, early_stop=early_stop)
+        self._crown = AlphaCrown(self.graph, norm, iterations, intermediate_iterations, early_stop=early_stop,
+                                 warm_start=warm_start)
+
+    @property
+    def warm_start(self) -> bool:
+        """Whether a call on the previous call's example starts from its slopes (see ``__init__``)."""
+        return self._crown.warm_start
+
+    @warm_start.setter
+    def warm_start(self, on: bool) -> None:
+        self._crown.warm_start = bool(on)
 
     def margins(self, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor,
                 reference: Reference | None = None) -> torch.Tensor:

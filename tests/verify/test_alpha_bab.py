@@ -99,7 +99,8 @@ def test_alpha_crown_at_least_auto_lirpa_alpha_crown(kind, make):
     x = torch.rand(1, 1, 8, 8)
     y = net(x).argmax(1)
     C = spec_matrix(y, 10)
-    dense = DenseAlphaCrown(lower(net), "inf", ITERATIONS, intermediate_iterations=ITERATIONS, early_stop=False)
+    dense = DenseAlphaCrown(lower(net), "inf", ITERATIONS, intermediate_iterations=ITERATIONS, early_stop=False,
+                            warm_start=False)  # equal iterations from CROWN's slopes, as auto_LiRPA
     for eps in (0.03, 0.08, 0.2):
         ours = dense.margins(x, torch.tensor([eps]), C)[0]
         lirpa = Certifier(net, "inf", "alpha-crown", engine="auto_lirpa").margins(x, y, eps)[0]
@@ -221,7 +222,7 @@ def test_a_passed_deadline_stops_the_slope_optimisation_at_crowns_bound():
     x = torch.rand(1, 1, 8, 8)
     y = net(x).argmax(1)
     C = spec_matrix(y, 10)[0]
-    engine = DenseAlphaCrown(lower(net), "inf", early_stop=False)
+    engine = DenseAlphaCrown(lower(net), "inf", early_stop=False, warm_start=False)
     eps = torch.tensor([0.2])
     free = engine.margins(x, eps, C[None])[0]
     engine._crown.deadline = 0.0  # long past
@@ -229,6 +230,34 @@ def test_a_passed_deadline_stops_the_slope_optimisation_at_crowns_bound():
     crown = certify(net, x, y, 0.2, "inf", "crown").lower[0]
     assert torch.allclose(stopped, crown, atol=1e-5)
     assert bool((free > crown + 1e-4).any())
+
+
+@pytest.mark.parametrize("kind,make,seed", [(*NETS[0], 0), (*NETS[2], 0)], ids=["mlp", "ode2"])
+def test_warm_start_continues_the_slopes_of_the_same_example_only(kind, make, seed):
+    """With warm starts a radius search's bounds continue each other's optimisation: at the same ε the
+    fourth call (after three at nearby ε) is at least the first, every call stays below per-margin PGD,
+    and another example (or specification) starts afresh, exactly as a new engine would."""
+    net = make(seed)
+    torch.manual_seed(10 + seed)
+    x, x2 = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)
+    y, y2 = net(x).argmax(1), net(x2).argmax(1)
+    C, C2 = spec_matrix(y, 10), spec_matrix(y2, 10)
+
+    def engine(warm):
+        return DenseAlphaCrown(lower(net), "inf", iterations=4, intermediate_iterations=2, early_stop=False,
+                               warm_start=warm)
+
+    warm, cold = engine(True), engine(False)
+    eps = 0.15 if kind == "mlp" else 0.3
+    first = warm.margins(x, torch.tensor([eps]), C)[0]
+    assert torch.equal(first, cold.margins(x, torch.tensor([eps]), C)[0])  # nothing to continue yet
+    for e in (0.9 * eps, 1.1 * eps):
+        got = warm.margins(x, torch.tensor([e]), C)[0]
+        assert float((got - min_margins(net, x, int(y), e)).max()) <= SLACK
+    again = warm.margins(x, torch.tensor([eps]), C)[0]
+    assert float((min_margins(net, x, int(y), eps) - again).min()) >= -SLACK
+    assert float(again.sum()) > float(first.sum()) + 1e-4  # the optimisation went on
+    assert torch.equal(warm.margins(x2, torch.tensor([eps]), C2)[0], cold.margins(x2, torch.tensor([eps]), C2)[0])
 
 
 def test_bab_time_limit_runs_on_its_clock():
