@@ -43,3 +43,10 @@ def test_alpha_ceiling_on_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert log.stat().st_mtime_ns == mtime and len(log.read_text().splitlines()) == 2
     with pytest.raises(SystemExit):
         alpha_ceiling.main(["--model", "mlp", "--jobs", "0"])
+    # the sampled LP check: converged α-CROWN sits at the LP of its own earlier bounds (never above it)
+    assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log), "--lp-check", "3"]) == 0
+    (check,) = map(json.loads, (tmp_path / "alpha_ceiling_lp-mlp.jsonl").read_text().splitlines())
+    gaps = [g for layer in check["layers"] for g in layer["gap_rel_width"]]
+    assert len(gaps) == 6 and all(-1e-4 <= g <= 1e-3 for g in gaps), gaps
+    assert all(lp >= a - 1e-4 for lp, a in zip(check["lp_margins"], check["alpha_margins"]))
+    assert min(check["lp_margins"]) - min(check["alpha_margins"]) <= 1e-3
