@@ -188,7 +188,7 @@ def _model_records(ctx: StudyContext, name: str, model: nn.Module, x: torch.Tens
                 continue
             evals = s["alpha_evals"] if m == "alpha-crown" else s["max_evals"]
             version = f"-{ALPHA_KEY}" if m == "alpha-crown" else ""
-            guess = None if m == "ibp" else rec["radii"]["alpha-crown"]["radius"] if m == "lp-all" else g
+            guess = None if m == "ibp" else rec["radii"].get("alpha-crown", crown)["radius"] if m == "lp-all" else g
             rec["radii"][m] = ctx.cell(f"{name}/{m}/i{i}/{tkey}-e{evals}{version}",
                                        lambda c=cert, e=evals, gg=guess: _radius(c, xi, yi, s, gg, e))
         if name not in EXACT_SKIP:
