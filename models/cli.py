@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .cli_support import OneLineArgumentParser, add_model_arguments, resolve_device, run_main, solver_spec, subparsers
+from .cli_support import (OneLineArgumentParser, add_lr_step_arguments, add_model_arguments, resolve_device, run_main,
+                          solver_spec, subparsers)
 from .solver import ADAPTIVE_METHODS, CAS_METHODS, SolverConfig
 from .train import Adversary, Recipe, accuracy, git_commit, save_checkpoint, train
 
@@ -250,9 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--lr-steps", type=int, nargs="+", metavar="EPOCH",
-                   help="epochs at whose start the learning rate is multiplied by --lr-step-factor (step decay)")
-    t.add_argument("--lr-step-factor", type=float, help="factor of each --lr-steps step (default 0.2)")
+    add_lr_step_arguments(t)
     t.add_argument("--seed", type=int)
     t.add_argument("--adv", choices=["pgd", "fgsm"], help="adversarial training attack")
     t.add_argument("--eps", type=float, help="adversarial training L∞ budget")

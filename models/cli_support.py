@@ -112,6 +112,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = Fals
     parser.add_argument("--weights", default=None, metavar="W.pt", help=WEIGHTS_HELP)
 
 
+def add_lr_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--lr-steps EPOCH ...`` and ``--lr-step-factor F`` (:class:`models.train.Recipe`'s step decay)."""
+    parser.add_argument("--lr-steps", type=int, nargs="+", default=None, metavar="EPOCH",
+                        help="epochs at whose start the learning rate is multiplied by --lr-step-factor (step decay)")
+    parser.add_argument("--lr-step-factor", type=float, default=None, help="factor of each --lr-steps step (default 0.2)")
+
+
 def solver_spec(text: str) -> tuple[str, float | None]:
     """argparse type of a solver: ``METHOD`` or ``METHOD:VALUE`` (the one syntax of every CLI).
 

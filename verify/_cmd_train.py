@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from models.cli_support import resolve_device
+from models.cli_support import add_lr_step_arguments, resolve_device
 
 from ._lower import has_cas
 from .certified_training import INITS, LOSSES, CertConfig, CertifiedLoss, ibp_init
@@ -58,9 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mtl-ibp's PGD steps per batch (De Palma et al. use 1 on MNIST; default: the preset's, else 8)")
     p.add_argument("--init", choices=INITS, default=None, help="weight initialisation (ibp: Shi et al.)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default=None, help="learning-rate schedule")
-    p.add_argument("--lr-steps", type=int, nargs="+", default=None, metavar="EPOCH",
-                   help="epochs at whose start the learning rate is multiplied by --lr-step-factor (step decay)")
-    p.add_argument("--lr-step-factor", type=float, default=None, help="factor of each --lr-steps step (default 0.2)")
+    add_lr_step_arguments(p)
     p.add_argument("--shift", type=int, default=None, help="random-translation augmentation in pixels (0: none)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=JSON",
                    help="override one constructor argument of the preset's model, e.g. channels=32 (repeatable)")
