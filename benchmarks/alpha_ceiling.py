@@ -14,12 +14,13 @@ below its true value). Here, per held-out example of a zoo model, one thread:
 
 The radius search is :meth:`verify.certify.Certifier.radius` (every radius is certified by a
 bound computed at it); the first guesses are the tightness study's radii where its cells exist.
-Rows are appended to ``benchmarks/results/alpha_ceiling.jsonl`` as examples finish (a rerun
-resumes); the summary (per example ratios, medians, the ratio of the medians) goes to
-``benchmarks/results/alpha_ceiling.{json,md}``.
+One cell per (model, example, radius) is appended to ``benchmarks/results/alpha_ceiling.jsonl``
+as it finishes (:mod:`benchmarks._cells`: a rerun resumes; processes given disjoint ``--indices``
+can share the file); the table and summary (per example ratios, medians, the ratio of the
+medians) go to ``benchmarks/results/alpha_ceiling.{json,md}``.
 
-Usage: ``python -m benchmarks.alpha_ceiling [--model ode] [--indices 0 1 ...] [--jobs 2]``
-(about 8 CPU minutes per `ode` example, most of it in the converged α-CROWN).
+Usage: ``python -m benchmarks.alpha_ceiling [--model ode] [--indices 0 1 ...]`` (about 8 CPU
+minutes per `ode` example, most of it in the converged α-CROWN).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from ._cells import read_cells, resumable_cells, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,6 +45,9 @@ VARIANTS = (("alpha-default", 6, 20, True, 10, False, 1e-3), ("alpha-converged",
             ("alpha-warm", 6, 20, True, 10, True, 2e-4))
 CROWN_RTOL = 1e-4
 EPS_MAX = 0.5
+#: the radii of one example, one cell each: CROWN's, then the α-CROWN variants'.
+PARTS = ("crown", *(v[0] for v in VARIANTS))
+KEY_FIELDS = ("model", "index", "part")
 
 
 def _guesses(model: str, index: int) -> dict[str, float]:
@@ -58,8 +63,9 @@ def _guesses(model: str, index: int) -> dict[str, float]:
     return out
 
 
-def row(model_name: str, index: int, have: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One example's radii and their CPU seconds (one thread); the parts in ``have`` are kept."""
+def radius(model_name: str, index: int, part: str) -> dict[str, Any]:
+    """One radius of one example (``part``: "crown" or a variant of :data:`VARIANTS`), its bracket,
+    bound evaluations, search history and CPU seconds (one thread)."""
     import torch
 
     from models.data import load_dataset
@@ -69,31 +75,29 @@ def row(model_name: str, index: int, have: dict[str, Any] | None = None) -> dict
     torch.set_num_threads(1)
     model = load(model_name).eval()
     x, y = load_dataset("mnist-t10k", split="test", n=index + 1)
-    xi, yi = x[index:index + 1], y[index:index + 1]
     guess = _guesses(model_name, index)
-    rec: dict[str, Any] = dict(have or {"model": model_name, "index": index})
-    if "crown" not in rec:
-        t = time.process_time()
-        r = Certifier(model, "inf", "crown").radius(xi, yi, EPS_MAX, guess=guess.get("crown"), rtol=CROWN_RTOL,
-                                                     atol=1e-7, max_evals=30)
-        rec["crown"] = {"radius": r.radius, "upper": r.upper, "evals": r.evaluations, "cpu": time.process_time() - t}
-    for name, inter, iters, early, patience, warm, rtol in VARIANTS:
-        if name in rec:
-            continue
+    if part == "crown":
+        cert, rtol, guess_eps = Certifier(model, "inf", "crown"), CROWN_RTOL, guess.get("crown")
+    else:
+        _, inter, iters, early, patience, warm, rtol = next(v for v in VARIANTS if v[0] == part)
         cert = Certifier(model, "inf", "alpha-crown")
         eng = cert.bounds._crown
         eng.intermediate_iterations, eng.iterations, eng.early_stop, eng.patience = inter, iters, early, patience
         eng.warm_start = warm
-        t = time.process_time()
-        r = cert.radius(xi, yi, EPS_MAX, guess=guess.get("alpha", 1.09 * rec["crown"]["radius"]), rtol=rtol,
-                        atol=1e-7, max_evals=12)
-        rec[name] = {"radius": r.radius, "upper": r.upper, "evals": r.evaluations, "cpu": time.process_time() - t,
-                     "margins": [list(m) for m in r.margins]}
-    return rec
+        guess_eps = guess.get("alpha", 1.09 * guess["crown"] if "crown" in guess else None)
+    t = time.process_time()
+    r = cert.radius(x[index:index + 1], y[index:index + 1], EPS_MAX, guess=guess_eps, rtol=rtol, atol=1e-7,
+                    max_evals=30 if part == "crown" else 12)
+    return {"model": model_name, "index": index, "part": part, "radius": r.radius, "upper": r.upper,
+            "evals": r.evaluations, "cpu": time.process_time() - t, "margins": [list(m) for m in r.margins]}
 
 
-def _job(args: tuple[str, int, dict[str, Any] | None]) -> dict[str, Any]:
-    return row(*args)
+def rows_of(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per example with every part: {"model", "index", part: its cell, ...}, by model and index."""
+    by: dict[tuple[str, int], dict[str, Any]] = {}
+    for c in cells:
+        by.setdefault((c["model"], c["index"]), {"model": c["model"], "index": c["index"]})[c["part"]] = c
+    return [r for _, r in sorted(by.items()) if all(k in r for k in PARTS)]
 
 
 def lp_check(model_name: str, index: int, eps: float, per_layer: int, seed: int = 0) -> dict[str, Any]:
@@ -111,7 +115,7 @@ def lp_check(model_name: str, index: int, eps: float, per_layer: int, seed: int 
     from verify._alpha import AlphaCrown
     from verify._dense_graph import DenseGraph
     from verify._lp_all import minimise
-    from verify._milp_encoding import BOUND_SLACK, Encoder
+    from verify._milp_encoding import Encoder
     from verify._spec import spec_matrix
 
     torch.set_num_threads(1)
@@ -128,11 +132,7 @@ def lp_check(model_name: str, index: int, eps: float, per_layer: int, seed: int 
         margins = alpha.margins(xi, eps, C).detach().double().numpy()
     alpha_cpu = time.process_time() - t
     enc = Encoder(graph)
-    bounds, _ = enc.bounds(xi, eps, C)
-    for p, (lo, hi) in alpha.bounds.items():  # α-CROWN's bounds (float32), widened like CROWN's
-        lo, hi = lo.double().numpy(), hi.double().numpy()
-        bounds[p] = (np.maximum(bounds[p][0], lo - BOUND_SLACK * (1 + np.abs(lo))),
-                     np.minimum(bounds[p][1], hi + BOUND_SLACK * (1 + np.abs(hi))))
+    bounds, _ = enc.bounds(xi, eps, C, tighter=alpha.bounds)
     x0 = enc.node_x(xi)
     rng = np.random.default_rng(seed)
     programs = 0
@@ -209,47 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="ode")
     p.add_argument("--indices", type=int, nargs="+", default=list(range(10)))
-    p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--log", default=str(RESULTS / "alpha_ceiling.jsonl"))
     p.add_argument("--lp-check", type=int, default=0, metavar="K",
                    help="instead: per listed example, K sampled neurons per layer of the converged α-CROWN against "
                         "their LP (see lp_check), at the example's converged α-CROWN failing ε from --log")
     a = p.parse_args(argv)
-    if a.jobs < 1 or any(i < 0 for i in a.indices) or a.lp_check < 0:
-        p.error("--jobs must be >= 1, --indices >= 0 and --lp-check >= 0")
+    if any(i < 0 for i in a.indices) or a.lp_check < 0:
+        p.error("--indices and --lp-check must be >= 0")
     if a.lp_check:
         return _lp_check_main(a)
-    log = Path(a.log)
-    have = _rows(log)
-    names = ("crown", *(v[0] for v in VARIANTS))
-    todo = [(a.model, i, have.get((a.model, i))) for i in a.indices
-            if not all(k in have.get((a.model, i), {}) for k in names)]
-    with mp.get_context("spawn").Pool(a.jobs) if a.jobs > 1 else _Serial() as pool:
-        for rec in pool.imap_unordered(_job, todo):
-            with log.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            print(f"{rec['model']} {rec['index']}: " + ", ".join(
-                f"{k} {rec[k]['radius']:.5f}" for k in ("crown", *(v[0] for v in VARIANTS))), flush=True)
-    rows = [r for (m, i), r in sorted(_rows(log).items()) if m == a.model and i in a.indices]
-    s = summary(rows)
-    stem = RESULTS / f"alpha_ceiling{'' if a.model == 'ode' else '-' + a.model}"
-    stem.with_suffix(".json").write_text(json.dumps({"summary": s, "rows": rows}, indent=1))
-    stem.with_suffix(".md").write_text(markdown(rows, s))
-    print(markdown(rows, s))
+    cells = resumable_cells(Path(a.log), KEY_FIELDS, [(a.model, i, part) for i in a.indices for part in PARTS], radius)
+    tag = "alpha_ceiling" + ("" if a.model == "ode" else "-" + a.model)
+    write_results(RESULTS, tag, a, rows_of(cells), lambda rows: markdown(rows, summary(rows)))
     return 0
 
 
-def _rows(log: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """The log's rows by (model, index); a later line of an example (more variants) replaces an earlier."""
-    return {(r["model"], r["index"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
-
-
 def _lp_check_main(a: argparse.Namespace) -> int:
-    rows = _rows(Path(a.log))
+    rows = {(r["model"], r["index"]): r for r in rows_of(read_cells(Path(a.log)))}
     out = RESULTS / f"alpha_ceiling_lp{'' if a.model == 'ode' else '-' + a.model}.jsonl"
     for i in a.indices:
         if (a.model, i) not in rows:
-            raise SystemExit(f"error: no row of {a.model} example {i} in {a.log}: run without --lp-check first")
+            raise SystemExit(f"error: no radii of {a.model} example {i} in {a.log}: run without --lp-check first")
         rec = lp_check(a.model, i, rows[(a.model, i)]["alpha-converged"]["upper"], a.lp_check)
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -259,18 +239,6 @@ def _lp_check_main(a: argparse.Namespace) -> int:
               f"{min(rec['alpha_margins']):.4f}, LP {min(v for v in rec['lp_margins'] if v is not None):.4f}; "
               f"LP CPU {rec['lp_cpu']:.0f} s", flush=True)
     return 0
-
-
-class _Serial:
-    def __enter__(self) -> _Serial:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @staticmethod
-    def imap_unordered(fn, items):  # noqa: ANN001, ANN205
-        return map(fn, items)
 
 
 if __name__ == "__main__":

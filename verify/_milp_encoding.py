@@ -216,13 +216,19 @@ class Encoder:
         flat[self.perm] = v
         return torch.as_tensor(flat, dtype=like.dtype).view_as(like)
 
-    def bounds(self, x: torch.Tensor, eps: float, C: torch.Tensor) -> tuple[list[tuple[np.ndarray, np.ndarray]], torch.Tensor]:
+    def bounds(self, x: torch.Tensor, eps: float, C: torch.Tensor,
+               tighter: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], torch.Tensor]:
         """Interval bounds of every node on the ε-box ∩ [0, 1], ReLU pre-activations tightened by
-        CROWN's, and CROWN's lower bounds of the rows of ``C`` (K', K)."""
+        CROWN's (and by ``tighter``'s, node -> (lower, upper) valid on the same box, e.g.
+        α-CROWN's), each widened by ``BOUND_SLACK``, and CROWN's lower bounds of the rows of ``C``."""
         g = self.graph
         with torch.no_grad():
             rows = self.crown.margins(x, eps, C)
         pre = {p: (lo.double().cpu().numpy(), hi.double().cpu().numpy()) for p, (lo, hi) in self.crown.bounds.items()}
+        for p, (lo, hi) in (tighter or {}).items():
+            pre[p] = (np.maximum(pre[p][0], lo.detach().double().cpu().numpy()),
+                      np.minimum(pre[p][1], hi.detach().double().cpu().numpy()))
         x0 = self.node_x(x)
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1))]
         for i, node in enumerate(g.nodes[1:], start=1):

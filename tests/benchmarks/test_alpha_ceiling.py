@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import alpha_ceiling
+from benchmarks._cells import read_cells
 
 needs_data = pytest.mark.skipif(not (Path(os.environ.get("ODE_ROBUSTNESS_DATA", "")) / "mnist").exists(),
                                 reason="MNIST not found (set ODE_ROBUSTNESS_DATA)")
@@ -19,7 +20,9 @@ def test_alpha_ceiling_on_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(alpha_ceiling, "RESULTS", tmp_path)
     log = tmp_path / "rows.jsonl"
     assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log)]) == 0
-    (row,) = map(json.loads, log.read_text().splitlines())
+    cells = read_cells(log)
+    assert [c["part"] for c in cells] == list(alpha_ceiling.PARTS)
+    (row,) = alpha_ceiling.rows_of(cells)
     names = ("crown", "alpha-default", "alpha-converged", "alpha-warm")
     crown, default, converged, warm = (row[k]["radius"] for k in names)
     # α-CROWN starts from CROWN's slopes and never returns less; more steps never certify less (to the rtol)
@@ -29,20 +32,19 @@ def test_alpha_ceiling_on_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     for k in names:
         assert row[k]["radius"] < row[k]["upper"]
         assert row[k]["upper"] - row[k]["radius"] <= 1e-7 + rtol.get(k, 1e-3) * row[k]["radius"]
-    s = json.loads((tmp_path / "alpha_ceiling-mlp.json").read_text())["summary"]
+    s = alpha_ceiling.summary(json.loads((tmp_path / "alpha_ceiling-mlp.json").read_text())["results"])
     assert s["n"] == 1 and s["ratio_of_medians"]["alpha-converged"] == pytest.approx(converged / crown)
     assert "alpha-converged / CROWN" in (tmp_path / "alpha_ceiling-mlp.md").read_text()
-    # a row without a variant gets only that variant computed, as a new line that replaces it
-    del row["alpha-warm"]
-    log.write_text(json.dumps(row) + "\n")
+    # a missing radius is the only one computed again; the others are read back
+    log.write_text("".join(json.dumps(c) + "\n" for c in cells if c["part"] != "alpha-warm"))
     assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log)]) == 0
-    lines = [json.loads(x) for x in log.read_text().splitlines()]
-    assert len(lines) == 2 and lines[1]["alpha-converged"] == row["alpha-converged"] and "alpha-warm" in lines[1]
+    again = read_cells(log)
+    assert again[:3] == [c for c in cells if c["part"] != "alpha-warm"] and again[3]["part"] == "alpha-warm"
     mtime = log.stat().st_mtime_ns
-    assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log)]) == 0  # resumed: no new row
-    assert log.stat().st_mtime_ns == mtime and len(log.read_text().splitlines()) == 2
+    assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log)]) == 0  # resumed: no new cell
+    assert log.stat().st_mtime_ns == mtime and len(log.read_text().splitlines()) == 4
     with pytest.raises(SystemExit):
-        alpha_ceiling.main(["--model", "mlp", "--jobs", "0"])
+        alpha_ceiling.main(["--model", "mlp", "--indices", "-1"])
     # the sampled LP check: converged α-CROWN sits at the LP of its own earlier bounds (never above it)
     assert alpha_ceiling.main(["--model", "mlp", "--indices", "0", "--log", str(log), "--lp-check", "3"]) == 0
     (check,) = map(json.loads, (tmp_path / "alpha_ceiling_lp-mlp.jsonl").read_text().splitlines())
